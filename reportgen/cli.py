@@ -1,0 +1,188 @@
+"""The `reportgen` command. stdout carries only the paths written; logs go to stderr.
+
+Exit codes: 0 ok, 1 unexpected, 2 usage, 3 invalid config, 4 bad or stale input data,
+5 delivery failed (report written), 6 output not writable or disk full, 7 another run holds
+the lock, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from .errors import EXIT_CODES, ReportgenError
+
+log = logging.getLogger("reportgen")
+
+_EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
+_AS_OF_WORDS = ("latest", "yesterday", "last_month_end")
+
+
+@click.group(epilog=_EPILOG)
+@click.version_option(package_name="reportgen")
+def cli() -> None:
+    """Customer segmentation reports from a transaction log."""
+
+
+def _config_option(function):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+        default=Path("config.yaml"), show_default=True, help="The YAML configuration file.",
+    )(function)  # fmt: skip
+
+
+def _verbosity(function):  # type: ignore[no-untyped-def]
+    function = click.option("-v", "--verbose", count=True, help="More log detail (-vv: debug).")(
+        function
+    )
+    return click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")(function)
+
+
+def _parse_as_of(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
+    if value is None or value in _AS_OF_WORDS:
+        return value
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: use YYYY-MM-DD or one of {', '.join(_AS_OF_WORDS)}"
+        ) from None
+
+
+@cli.command(epilog=_EPILOG)
+@_config_option
+@click.option("--as-of", callback=_parse_as_of, help="Last day covered (overrides the config).")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="Output root (overrides output.dir).")  # fmt: skip
+@_verbosity
+def run(config_path: Path, as_of: object, output: Path | None, verbose: int, quiet: bool) -> None:
+    """Compute the report and write its run folder."""
+    from .pipeline import run as run_pipeline
+
+    with _handled(verbose, quiet), _progress() as stage:
+        _, paths = run_pipeline(config_path, as_of=as_of, output=output, stage=stage)
+    for path in paths:
+        click.echo(str(path))
+
+
+@cli.command(epilog=_EPILOG)
+@_config_option
+@_verbosity
+def validate(config_path: Path, verbose: int, quiet: bool) -> None:
+    """Check a config file and report every problem at once."""
+    from .config import load_config
+
+    with _handled(verbose, quiet):
+        load_config(config_path)
+        log.info("%s: valid", config_path)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of the config file (for editor completion)."""
+    from .starter import json_schema
+
+    click.echo(json_schema())
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="config.yaml")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, force: bool) -> None:
+    """Write a commented starter config (runs on the built-in sample data as it is)."""
+    from .starter import render_starter_config
+
+    if path.exists() and not force:
+        raise click.UsageError(f"{path} exists; pass --force to overwrite it")
+    path.write_text(render_starter_config(), encoding="utf-8")
+    click.echo(str(path))
+
+
+@cli.command()
+@click.option("--rows", type=click.IntRange(min=1), default=100_000, show_default=True)
+@click.option("--customers", type=click.IntRange(min=1), default=5_000, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default=None,
+              help="File format (default: from the file name).")  # fmt: skip
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="File to write (.csv or .parquet).")  # fmt: skip
+@_verbosity
+def sample(rows: int, customers: int, seed: int, fmt: str | None, output: Path, verbose: int,
+           quiet: bool) -> None:  # fmt: skip
+    """Write synthetic transactions (UCI Online Retail columns) with planted customer types."""
+    from .sample import SampleSpec, write_sample
+
+    with _handled(verbose, quiet):
+        if fmt is None and output.suffix.lower() not in (".csv", ".parquet"):
+            raise click.UsageError("give --format, or a file name ending in .csv or .parquet")
+        try:
+            spec = SampleSpec(rows=rows, customers=customers, seed=seed)
+            written = write_sample(spec, output, fmt)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    click.echo(str(written))
+
+
+@contextlib.contextmanager
+def _handled(verbose: int, quiet: bool) -> Iterator[None]:
+    """Logging set-up, and user errors turned into a message and their exit code."""
+    _configure_logging(verbose, quiet)
+    try:
+        yield
+    except ReportgenError as exc:
+        log.error("%s", exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        log.error("interrupted; nothing was half-written")
+        sys.exit(130)
+    except click.ClickException:
+        raise
+    except Exception:
+        log.exception("unexpected error (a bug: please report it with this log)")
+        sys.exit(1)
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    root = logging.getLogger("reportgen")
+    root.setLevel(level)
+    root.handlers.clear()
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, markup=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.propagate = False
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[object]:
+    """A progress display of the stages on a terminal; plain log lines otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda text: log.info("%s", text)
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("Starting", total=None)
+        yield lambda text: progress.update(task, description=text)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="reportgen")
+
+
+if __name__ == "__main__":
+    main()

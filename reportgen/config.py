@@ -1,0 +1,424 @@
+"""The configuration: a typed schema, and the one loader that turns config.yaml into it.
+
+Everything a run needs is decided here, once: unknown keys are refused, `${ENV_VAR}` is
+expanded after parsing (so `:` or `#` in a secret cannot break the YAML), relative paths are
+resolved against the config file's folder, and every problem is reported at once as
+`file:line: dotted.key: message`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_PREFIX = "sample:"
+SAMPLE_DATASETS = ("online_retail",)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve_path(value: str, info: ValidationInfo) -> str:
+    """Resolve a relative path (or glob) against the config file's folder."""
+    base = (info.context or {}).get("base_dir")
+    if value.startswith(SAMPLE_PREFIX) or base is None or Path(value).is_absolute():
+        return value
+    return str(Path(base) / value)
+
+
+class ReportSection(_Section):
+    """What the report is called and how its numbers are written."""
+
+    name: str = Field("Customer segmentation", min_length=1, description="Report title.")
+    slug: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="Folder name under the output root (default: made from `name`).",
+    )
+    company: str = Field("", description="Company name shown on the title page.")
+    currency: str = Field("GBP", description="ISO 4217 code of the amounts.")
+    locale: str = Field("en_GB", description="Locale for numbers, money and dates (e.g. de_DE).")
+
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        from babel.numbers import is_currency
+
+        if not is_currency(value):
+            raise ValueError(f"{value!r} is not an ISO 4217 currency code (e.g. GBP, EUR, USD)")
+        return value
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str) -> str:
+        from babel import Locale, UnknownLocaleError
+
+        try:
+            Locale.parse(value)
+        except (ValueError, UnknownLocaleError):
+            raise ValueError(f"{value!r} is not a known locale (e.g. en_GB, de_DE, fr_FR)") from None
+        return value
+
+    @property
+    def report_slug(self) -> str:
+        """The folder name of this report under the output root."""
+        if self.slug:
+            return self.slug
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-") or "report"
+
+
+class CsvOptions(_Section):
+    """How CSV files are read."""
+
+    separator: str = Field(",", min_length=1, max_length=1, description="Field separator.")
+    encoding: str = Field("utf-8", description="Text encoding; others are transcoded to UTF-8.")
+    decimal: Literal[".", ","] = Field(".", description="Decimal separator of numbers.")
+    quote_char: str = Field('"', min_length=1, max_length=1, description="Quote character.")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
+        return value
+
+
+class ExcelOptions(_Section):
+    """How Excel workbooks are read."""
+
+    sheet: str | int = Field(0, description="Sheet name, or its 0-based position.")
+
+
+class ColumnMap(_Section):
+    """Which source column holds each canonical field."""
+
+    customer_id: str = Field("customer_id", description="Customer identifier (read as text).")
+    order_id: str | None = Field(
+        "order_id", description="Order/invoice id; null: an order is a customer's day of purchases."
+    )
+    order_date: str = Field("order_date", description="Order date or timestamp.")
+    amount: str | None = Field(
+        "amount", description="Line amount; null when quantity and unit_price are mapped."
+    )
+    quantity: str | None = Field(None, description="Quantity (amount = quantity x unit_price).")
+    unit_price: str | None = Field(None, description="Unit price (amount = quantity x unit_price).")
+    product_id: str | None = Field(None, description="Product identifier (optional).")
+    currency: str | None = Field(None, description="Currency code column (optional; one value).")
+
+    @model_validator(mode="after")
+    def _amount_or_product(self) -> ColumnMap:
+        has_parts = self.quantity is not None and self.unit_price is not None
+        if self.amount is None and not has_parts:
+            raise ValueError("map either `amount`, or both `quantity` and `unit_price`")
+        if self.amount is not None and (self.quantity or self.unit_price) and not has_parts:
+            raise ValueError("map `quantity` and `unit_price` together (or only `amount`)")
+        return self
+
+    def mapped(self) -> dict[str, str]:
+        """Canonical name -> source column, for the mapped fields only."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class InputSection(_Section):
+    """Where the transactions are and how to read them."""
+
+    path: str = Field(
+        description="File, folder or glob; `sample:online_retail` is the built-in sample data."
+    )
+    format: Literal["auto", "csv", "parquet", "excel"] = Field(
+        "auto", description="File format; auto: from the file name."
+    )
+    csv: CsvOptions = Field(default_factory=CsvOptions, description="CSV options.")
+    excel: ExcelOptions = Field(default_factory=ExcelOptions, description="Excel options.")
+    date_formats: list[str] = Field(
+        default_factory=lambda: ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
+        min_length=1,
+        description="strftime formats tried in order; day and month are never guessed.",
+    )
+    columns: ColumnMap = Field(default_factory=ColumnMap, description="Column mapping.")
+    attributes: list[str] = Field(
+        default_factory=list, description="Extra columns kept per customer (e.g. Country)."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith(SAMPLE_PREFIX) and value[len(SAMPLE_PREFIX) :] not in SAMPLE_DATASETS:
+            raise ValueError(f"unknown sample data set; known: {', '.join(SAMPLE_DATASETS)}")
+        return _resolve_path(value, info)
+
+    @field_validator("date_formats")
+    @classmethod
+    def _has_date_parts(cls, value: list[str]) -> list[str]:
+        bad = [f for f in value if not all(p in f for p in ("%Y", "%d")) and "%F" not in f]
+        if bad:
+            raise ValueError(f"formats need at least %Y, a month and %d: {bad}")
+        return value
+
+
+AsOfKeyword = Literal["latest", "yesterday", "last_month_end"]
+
+
+class PeriodSection(_Section):
+    """Which days the report covers."""
+
+    as_of: AsOfKeyword | dt.date = Field(
+        "latest", description="Last day covered: latest, yesterday, last_month_end or a date."
+    )
+    window_days: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="Keep orders in [as_of - window_days + 1, as_of]; null: all history."
+    )
+    max_staleness_days: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Stop (exit 4) when the latest transaction is older than this."
+    )
+    timezone: str = Field("UTC", description="IANA time zone of the calendar days.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name, e.g. Europe/London)")
+        return value
+
+
+class CleaningSection(_Section):
+    """Which rows are dropped before RFM; each rule is counted in the audit."""
+
+    duplicates: Literal["all", "off"] | list[str] = Field(
+        "all", description="Exact duplicates over all source columns, a list of columns, or off."
+    )
+    cancellation_prefix: str = Field(
+        "C", description="Order ids starting with this mark cancellations/returns ('' = none)."
+    )
+    returns: Literal["exclude", "net"] = Field(
+        "exclude", description="exclude: drop returns; net: subtract them from monetary."
+    )
+    unparseable_dates: Literal["error", "drop"] = Field(
+        "error", description="A date matching no format: stop with an error, or drop and audit."
+    )
+    examples_per_rule: Annotated[int, Field(ge=0, le=20)] = Field(
+        3, description="Example rows kept per cleaning rule in the audit."
+    )
+
+
+class RfmSection(_Section):
+    """How R, F and M are computed and named."""
+
+    monetary: Literal["sum", "mean_order"] = Field(
+        "sum", description="sum: total spend; mean_order: mean order value."
+    )
+    segment_map: Literal["builtin"] | str | dict[str, list[str]] = Field(
+        "builtin",
+        description="Score map to the RFM grid names: builtin, a CSV path (r_score, f_score,"
+        " m_score, segment), or {name: [score patterns like '5[45]*']}.",
+    )
+
+    @field_validator("segment_map", mode="before")
+    @classmethod
+    def _resolve_map_path(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and value != "builtin":
+            return _resolve_path(value, info)
+        return value
+
+    @field_validator("segment_map")
+    @classmethod
+    def _valid_map(cls, value: Any) -> Any:
+        from .grid import load_segment_map
+
+        load_segment_map(value)  # raises ValueError naming the gaps and overlaps
+        return value
+
+
+class OutputSection(_Section):
+    """Where the run folders go."""
+
+    dir: str = Field("output", description="Output root; runs go to <dir>/<report slug>/<as_of>/.")
+    csv_bom: bool = Field(False, description="Start segments.csv with a BOM (for Excel).")
+
+    @field_validator("dir")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve_path(value, info)
+
+
+class Config(_Section):
+    """The whole configuration of one report."""
+
+    report: ReportSection = Field(default_factory=ReportSection, description="Report identity.")
+    input: InputSection = Field(description="The transactions.")
+    period: PeriodSection = Field(default_factory=PeriodSection, description="Period covered.")
+    cleaning: CleaningSection = Field(default_factory=CleaningSection, description="Cleaning.")
+    rfm: RfmSection = Field(default_factory=RfmSection, description="RFM definition.")
+    output: OutputSection = Field(default_factory=OutputSection, description="Output folders.")
+    seed: int = Field(42, description="Seed of every random step.")
+    source_file: str | None = Field(None, exclude=True, description="The YAML file read (set by the loader).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, interpolate and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    text = _read_text(path)
+    data, root = _parse_yaml(path, text)
+    problems: list[str] = []
+    data = _interpolate(data, (), problems)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    try:
+        config = Config.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        problems += [_format_error(err) for err in exc.errors()]
+        config = None
+    if problems:
+        raise ConfigError(_problem_report(path, root, problems))
+    return config.model_copy(update={"source_file": str(path)})
+
+
+def config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
+    """Validate a config given as a dict (for Python callers); relative paths use `base_dir`."""
+    try:
+        return Config.model_validate(data, context={"base_dir": Path(base_dir).resolve()})
+    except ValidationError as exc:
+        lines = [_format_error(err) for err in exc.errors()]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (create one with `reportgen init`)")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+
+
+def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], yaml.Node | None]:
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the file must be a mapping of sections (report:, input:, ...)")
+    return data, root
+
+
+def _interpolate(value: Any, where: tuple, problems: list[str]) -> Any:
+    """Expand ${VAR} and ${VAR:-default} in string values, after parsing."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*where, k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*where, i), problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def expand(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        problems.append(_located(where, f"environment variable {name} is not set"))
+        return match.group(0)
+
+    return _ENV_PATTERN.sub(expand, value)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; `reportgen schema` lists every key)"
+    elif err["type"] == "literal_error" and "input" in err:
+        message = f"{message} (got {err['input']!r})"
+    return _located(loc, message)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the tried union member to the location, e.g. ('as_of', 'literal[...]')
+    return isinstance(part, str) and ("[" in part or part in {"date", "str", "int", "list", "dict"})
+
+
+def _located(loc: tuple, message: str) -> str:
+    """Encode the location so _problem_report can add the line number."""
+    return "\x00".join(str(p) for p in loc) + "\x01" + message
+
+
+def _problem_report(path: Path, root: yaml.Node | None, problems: list[str]) -> str:
+    lines = []
+    for problem in problems:
+        loc_text, message = problem.split("\x01", 1)
+        loc = [int(p) if p.isdigit() else p for p in loc_text.split("\x00") if p]
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        lines.append(f"  {path}:{_line_of(root, loc)}: {dotted}: {message}")
+    count = len(lines)
+    summary = f"{count} problem{'s' if count > 1 else ''} in {path}; fix and run `reportgen validate`"
+    return "invalid configuration:\n" + "\n".join(lines) + "\n" + summary
+
+
+def _line_of(root: yaml.Node | None, loc: list) -> int:
+    """The line of the deepest YAML node on the path `loc` (1-based); missing keys: the parent."""
+    node, line = root, 1
+    for part in loc:
+        found = _child(node, part) if node is not None else None
+        if found is None:
+            break
+        marker, node = found
+        line = marker.start_mark.line + 1
+    return line
+
+
+def _child(node: yaml.Node, part: Any) -> tuple[yaml.Node, yaml.Node] | None:
+    """(the node whose line names `part`, the node holding its value)."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == str(part):
+                return key, value
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return node.value[part], node.value[part]
+    return None

@@ -1,0 +1,33 @@
+"""The one typed model of a report: everything computed, nothing written yet."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from .clean import CleaningAudit
+from .config import Config
+from .grid import SegmentMap
+from .period import Period
+from .read import Source
+from .rfm import RfmTable
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything one run computed; the writers only format it."""
+
+    config: Config
+    source: Source
+    period: Period
+    audit: CleaningAudit
+    rfm: RfmTable
+    segment_map: SegmentMap
+    data_fingerprint: str
+    generated_at: dt.datetime
+    versions: dict[str, str]
+
+    @property
+    def run_name(self) -> str:
+        """The run folder's name: the as-of date."""
+        return self.period.as_of.isoformat()

@@ -1,0 +1,233 @@
+"""The whole job, top to bottom: read, clean, RFM, then write (gather first, then write)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import polars as pl
+
+from .clean import Cleaned, CleaningAudit, annotate, audit_queries, build_audit
+from .config import Config, load_config
+from .errors import InputDataError
+from .export import write_exports
+from .grid import load_segment_map
+from .model import Report
+from .output import prepare_report_dir, report_lock, write_run_folder
+from .period import Period, request_period, window_start
+from .read import ROW, find_undecodable_line, read_transactions
+from .rfm import RfmTable, finish_rfm, rfm_query
+
+log = logging.getLogger(__name__)
+
+Stage = Callable[[str], None]
+_SHOWN_ROWS = 5
+
+
+def run(
+    config: Config | str | Path,
+    as_of: str | dt.date | None = None,
+    output: str | Path | None = None,
+    stage: Stage | None = None,
+) -> tuple[Report, list[Path]]:
+    """Compute the report and write its run folder; return the report and the paths written."""
+    if not isinstance(config, Config):
+        config = load_config(config)
+    root = output if output is not None else config.output.dir
+    report_dir = prepare_report_dir(root, config.report.report_slug)
+    with report_lock(report_dir):
+        report = compute_report(config, as_of=as_of, stage=stage)
+        (stage or _quiet)("Writing the run folder")
+        paths = write_run_folder(report_dir, report.run_name, lambda d: write_exports(report, d))
+    return report, paths
+
+
+def compute_report(
+    config: Config,
+    as_of: str | dt.date | None = None,
+    now: dt.datetime | None = None,
+    stage: Stage | None = None,
+) -> Report:
+    """Every stage from the transactions to the Report model; writes nothing."""
+    stage = stage or _quiet
+    stage("Reading the transactions")
+    request = request_period(config.period, as_of, now)
+    tx = read_transactions(config.input, config.report.currency, config.period.timezone)
+    cleaned = annotate(tx, config.cleaning, request)
+    stage("Cleaning and computing RFM")
+    results = _collect(cleaned, config.cleaning.examples_per_rule)
+    _check_input(results["totals"].row(0, named=True), cleaned, config)
+    audit = build_audit(results, cleaned)
+    period = _resolved_period(results["totals"].row(0, named=True), request, config)
+    segment_map = load_segment_map(config.rfm.segment_map)
+    rfm = finish_rfm(
+        results["rfm"], config.rfm, segment_map, tx.minor_digits, period.window_start
+    )
+    _check_not_empty(audit, rfm)
+    return Report(
+        config=config,
+        source=tx.source,
+        period=period,
+        audit=audit,
+        rfm=rfm,
+        segment_map=segment_map,
+        data_fingerprint=_fingerprint(tx.source.columns, audit, rfm),
+        generated_at=generated_at(now),
+        versions=_versions(),
+    )
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def _collect(cleaned: Cleaned, examples_per_rule: int) -> dict[str, pl.DataFrame]:
+    """One collect for everything read from the transactions (shared scan and cleaning)."""
+    queries = audit_queries(cleaned, examples_per_rule) | {"rfm": rfm_query(cleaned)}
+    try:
+        frames = pl.collect_all(list(queries.values()))
+    except pl.exceptions.ComputeError as exc:
+        raise _read_error(exc, cleaned) from None
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputDataError(f"{cleaned.transactions.source.location}: {exc}") from None
+    return dict(zip(queries, frames, strict=True))
+
+
+def _read_error(exc: Exception, cleaned: Cleaned) -> InputDataError:
+    source = cleaned.transactions.source
+    if "utf" in str(exc).lower() and source.format == "csv":
+        for file in source.files:
+            line = find_undecodable_line(file)
+            if line is not None:
+                return InputDataError(
+                    f"{file}:{line}: bytes that are not valid UTF-8; set input.csv.encoding to "
+                    "the file's encoding (e.g. latin-1 or cp1252)"
+                )
+    return InputDataError(f"{source.location}: cannot read the data: {exc}")
+
+
+def _check_input(totals: dict, cleaned: Cleaned, config: Config) -> None:
+    """Values that make the data unusable as configured: stop and show where they are."""
+    cols = config.input.columns
+    if totals["rows"] == 0:
+        raise InputDataError(f"{cleaned.transactions.source.location}: the table has no rows")
+    if totals["bad_ids"]:
+        _raise_with_rows(
+            cleaned, "_bad_id", totals["bad_ids"],
+            f"customer ids in column {cols.customer_id!r} were stored as floats at or above 2^53 "
+            "and have lost digits; export the column as text",
+        )  # fmt: skip
+    if totals["bad_amounts"]:
+        names = cols.amount or f"{cols.quantity}/{cols.unit_price}"
+        _raise_with_rows(
+            cleaned, "_bad_amount", totals["bad_amounts"],
+            f"values in {names!r} are not numbers (decimal separator "
+            f"{config.input.csv.decimal!r}; set input.csv.decimal if it is ',')",
+        )  # fmt: skip
+    if totals["bad_dates"] and config.cleaning.unparseable_dates == "error":
+        _raise_with_rows(
+            cleaned, "_bad_date", totals["bad_dates"],
+            f"dates in {cols.order_date!r} match none of input.date_formats "
+            f"{config.input.date_formats}; add their format, or set "
+            "cleaning.unparseable_dates: drop to drop and audit them",
+        )  # fmt: skip
+    if totals["zoned"] and totals["naive"]:
+        _raise_with_rows(
+            cleaned, "_zoned", totals["zoned"],
+            f"column {cols.order_date!r} mixes timestamps with a time zone ({totals['zoned']:,}) "
+            f"and without one ({totals['naive']:,}); make them all one kind",
+        )  # fmt: skip
+    _check_currency(totals["currencies"], config)
+
+
+def _raise_with_rows(cleaned: Cleaned, flag: str, count: int, message: str) -> None:
+    source = cleaned.transactions.source
+    rows = (
+        cleaned.frame.filter(pl.col(flag).fill_null(False))
+        .select(ROW).head(_SHOWN_ROWS).collect()[ROW].to_list()
+    )  # fmt: skip
+    where = "lines" if source.format != "parquet" else "rows"
+    shown = ", ".join(str(r + source.first_line) for r in rows)
+    raise InputDataError(f"{source.location}: {count:,} {message} (first {where}: {shown})")
+
+
+def _check_currency(currencies: list[str] | None, config: Config) -> None:
+    found = [c for c in (currencies or []) if c]
+    if len(found) > 1:
+        raise InputDataError(
+            f"the data holds more than one currency ({', '.join(found)}); reportgen sums money "
+            "in one currency: filter or convert the data first"
+        )
+    if found and found[0] != config.report.currency:
+        raise InputDataError(
+            f"the data is in {found[0]} but report.currency is {config.report.currency}; "
+            "set report.currency to match"
+        )
+
+
+def _resolved_period(totals: dict, request, config: Config) -> Period:
+    as_of, latest = totals["as_of"], totals["latest_kept"]
+    if as_of is None or latest is None:
+        raise InputDataError(
+            "no transaction is left after cleaning, on or before the as-of date "
+            f"({request.asked}); see the rules in the log, or check input.columns"
+        )
+    period = Period(as_of, window_start(as_of, request.window_days), request.timezone,
+                    request.asked, latest)  # fmt: skip
+    limit = request.max_staleness_days
+    if limit is not None and period.staleness_days > limit:
+        raise InputDataError(
+            f"data stale: the latest transaction is {latest}, {period.staleness_days} days "
+            f"before the as-of date {as_of} (period.max_staleness_days: {limit})"
+        )
+    return period
+
+
+def _check_not_empty(audit: CleaningAudit, rfm: RfmTable) -> None:
+    if audit.rows_kept and rfm.frame.height:
+        return
+    dropped = ", ".join(f"{r.rule} {r.rows:,}" for r in audit.rules if r.rows)
+    raise InputDataError(
+        f"no customer is left after cleaning ({audit.rows_read:,} rows read; dropped: {dropped})"
+    )
+
+
+def _fingerprint(columns: tuple[str, ...], audit: CleaningAudit, rfm: RfmTable) -> str:
+    """A content hash of what was read: same data, same fingerprint, on any machine."""
+    facts = {
+        "columns": list(columns),
+        "rows": audit.rows_read,
+        "revenue": audit.revenue_read_minor,
+        "dates": [str(audit.first_date), str(audit.last_date)],
+        "rules": {r.rule: [r.rows, r.revenue_minor] for r in audit.rules},
+        "customers": rfm.frame.height,
+        "monetary": int(rfm.frame["monetary_minor"].sum()),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def generated_at(now: dt.datetime | None = None) -> dt.datetime:
+    """The report's time stamp; SOURCE_DATE_EPOCH pins it for reproducible builds."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        return dt.datetime.fromtimestamp(int(epoch), tz=dt.timezone.utc)
+    return (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
+
+
+def _versions() -> dict[str, str]:
+    names = ("reportgen", "polars", "numpy", "pydantic")
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return {"python": platform.python_version(), **found}
+

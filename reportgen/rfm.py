@@ -1,0 +1,158 @@
+"""RFM per customer: recency, frequency, monetary, returns and tenure, scores 1-5 and the grid.
+
+Definitions (DESIGN.md section 2):
+- recency_days: whole calendar days from the last purchase to as_of (0 = bought on as_of);
+- frequency: distinct orders in the period with a positive value;
+- monetary: total spend in the period (integer minor units, so sums are exact), or the mean
+  order value; with `returns: net` the returned value is subtracted;
+- first_order and tenure_days look at all history up to as_of, not only the window;
+- score = 1 + floor(5 L / n), L = customers with a strictly worse value, n = scored customers:
+  ties share a score and nothing depends on row order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import polars as pl
+
+from .clean import AS_OF, IS_RETURN, REASON, Cleaned
+from .config import RfmSection
+from .grid import SegmentMap
+
+log = logging.getLogger(__name__)
+
+EXCLUDED_NON_POSITIVE = "Excluded: non-positive spend"
+SCORE_FEATURES = {"r_score": "recency_days", "f_score": "frequency", "m_score": "monetary_minor"}
+
+
+@dataclass(frozen=True)
+class RfmTable:
+    """One row per customer in the period, sorted by customer_id."""
+
+    frame: pl.DataFrame
+    as_of: dt.date
+    window_start: dt.date | None
+    minor_digits: int
+    monetary_definition: str
+
+    @property
+    def scored(self) -> pl.DataFrame:
+        """The customers with a positive spend (the ones scored and segmented)."""
+        return self.frame.filter(pl.col("r_score").is_not_null())
+
+
+def rfm_query(cleaned: Cleaned) -> pl.LazyFrame:
+    """Lazy per-customer aggregates (unscored), in two levels: lines -> orders -> customers."""
+    lines = cleaned.frame.filter(
+        pl.col(REASON).is_null() | pl.col(REASON).is_in(["before_window", "cancellation"])
+    ).with_columns(_line_flags(cleaned))
+    orders = lines.group_by("customer_id", _order_key(cleaned)).agg(
+        pl.col("amount_minor").filter("_kept").sum().alias("value"),
+        pl.col("amount_minor").filter("_purchase").sum().alias("gross"),
+        (-pl.col("amount_minor")).filter("_returned").sum().alias("returned"),
+        pl.col("order_date").filter("_purchase").max().alias("last_purchase"),
+        pl.col("order_date").filter("_history").min().alias("first_purchase"),
+        pl.col("_kept").any().alias("kept"),
+        pl.col(AS_OF).first(),
+        *[pl.col(a).min() for a in cleaned.transactions.attributes],
+    )
+    return orders.group_by("customer_id").agg(
+        ((pl.col("value") > 0) & pl.col("kept")).sum().cast(pl.Int64).alias("frequency"),
+        pl.col("value").sum().alias("monetary_minor"),
+        pl.col("gross").sum().alias("gross_minor"),
+        pl.col("returned").sum().alias("returned_value_minor"),
+        pl.col("last_purchase").max().alias("last_order"),
+        pl.col("first_purchase").min().alias("first_order"),
+        pl.col("kept").any().alias("_in_period"),
+        pl.col(AS_OF).first(),
+        *[pl.col(a).drop_nulls().mode().sort().first() for a in cleaned.transactions.attributes],
+    )
+
+
+def _line_flags(cleaned: Cleaned) -> list[pl.Expr]:
+    reason, is_return, date = pl.col(REASON), pl.col(IS_RETURN), pl.col("order_date")
+    in_period = date <= pl.col(AS_OF)
+    if cleaned.window_days is not None:
+        in_period &= date >= pl.col(AS_OF) - pl.duration(days=cleaned.window_days - 1)
+    kept = reason.is_null()
+    return [
+        kept.alias("_kept"),
+        (kept & ~is_return).alias("_purchase"),
+        (is_return & in_period & (kept | (reason == "cancellation"))).alias("_returned"),
+        (~is_return & (kept | (reason == "before_window"))).alias("_history"),
+    ]
+
+
+def _order_key(cleaned: Cleaned) -> pl.Expr:
+    """Without order ids, an order is one customer's purchases on one calendar day."""
+    if cleaned.transactions.has_order_id:
+        return pl.col("order_id").alias("_order")
+    return pl.col("order_date").cast(pl.String).alias("_order")
+
+
+def finish_rfm(
+    aggregates: pl.DataFrame, cfg: RfmSection, segment_map: SegmentMap, minor_digits: int,
+    window_start: dt.date | None,
+) -> RfmTable:  # fmt: skip
+    """Derive recency, tenure and returns, score, and name each customer's grid cell."""
+    frame = aggregates.filter(pl.col("_in_period")).drop("_in_period")
+    as_of = frame[AS_OF][0] if frame.height else None
+    frame = _derive(frame, cfg).drop(AS_OF)
+    frame = _score(frame)
+    frame = _grid(frame, segment_map).sort("customer_id")
+    return RfmTable(frame, as_of, window_start, minor_digits, cfg.monetary)
+
+
+def _derive(frame: pl.DataFrame, cfg: RfmSection) -> pl.DataFrame:
+    as_of = pl.col(AS_OF)
+    avg = _divide_rounded(pl.col("monetary_minor"), pl.col("frequency"))
+    frame = frame.with_columns(
+        (as_of - pl.col("last_order")).dt.total_days().cast(pl.Int64).alias("recency_days"),
+        (as_of - pl.col("first_order")).dt.total_days().cast(pl.Int64).alias("tenure_days"),
+        avg.alias("avg_order_value_minor"),
+        pl.when(pl.col("gross_minor") > 0)
+        .then(pl.col("returned_value_minor") / pl.col("gross_minor"))
+        .alias("return_rate"),
+    )
+    if cfg.monetary == "mean_order":
+        frame = frame.with_columns(pl.col("avg_order_value_minor").alias("monetary_minor"))
+    return frame
+
+
+def _divide_rounded(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
+    """Integer division rounded half to even, null when dividing by zero."""
+    exact = numerator.cast(pl.Float64) / denominator
+    return pl.when(denominator > 0).then(exact.round(0, mode="half_to_even").cast(pl.Int64))
+
+
+def _score(frame: pl.DataFrame) -> pl.DataFrame:
+    """Scores over the customers with a positive spend; the others get null scores."""
+    eligible = (pl.col("monetary_minor") > 0) & (pl.col("frequency") > 0)
+    n = frame.select(eligible.sum()).item()
+    better_when_higher = {
+        "r_score": -pl.col("recency_days"),  # fewer days is better
+        "f_score": pl.col("frequency"),
+        "m_score": pl.col("monetary_minor"),
+    }
+    return frame.with_columns(
+        _score_expr(pl.when(eligible).then(key), n).alias(name)
+        for name, key in better_when_higher.items()
+    )
+
+
+def _score_expr(key: pl.Expr, n: int) -> pl.Expr:
+    """1 + floor(5 L / n) with L = how many non-null keys are strictly lower (nulls stay null)."""
+    strictly_lower = key.rank("min").cast(pl.Int64) - 1
+    return (1 + (5 * strictly_lower) // max(n, 1)).cast(pl.Int8)
+
+
+def _grid(frame: pl.DataFrame, segment_map: SegmentMap) -> pl.DataFrame:
+    frame = frame.join(segment_map.to_frame(), on=["r_score", "f_score", "m_score"], how="left")
+    code = pl.concat_str(pl.col("r_score"), pl.col("f_score"), pl.col("m_score"))
+    return frame.with_columns(
+        code.alias("rfm_score"),
+        pl.col("rfm_grid_segment").fill_null(pl.lit(EXCLUDED_NON_POSITIVE)),
+    )
