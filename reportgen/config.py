@@ -256,6 +256,87 @@ class RfmSection(_Section):
         return value
 
 
+FEATURES = ("recency_days", "frequency", "monetary", "tenure_days", "avg_order_value", "return_rate")
+
+
+class OutlierOptions(_Section):
+    """Optional capping of extreme values before clustering (exports keep the true values)."""
+
+    method: Literal["none", "quantile_cap"] = Field("none", description="none or quantile_cap.")
+    lower_quantile: Annotated[float, Field(ge=0, lt=0.5)] = Field(
+        0.0, description="Values below this quantile are raised to it."
+    )
+    upper_quantile: Annotated[float, Field(gt=0.5, le=1)] = Field(
+        0.99, description="Values above this quantile are lowered to it."
+    )
+
+
+class SegmentationSection(_Section):
+    """How customers are clustered into the segments the report acts on."""
+
+    features: list[Literal[FEATURES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["recency_days", "frequency", "monetary"],
+        min_length=1,
+        description=f"Per-customer features clustered; any of {', '.join(FEATURES)}.",
+    )
+    outliers: OutlierOptions = Field(default_factory=OutlierOptions, description="Outliers.")
+    log1p: bool = Field(True, description="Apply log1p to the features (they are skewed).")
+    scaling: Literal["standard", "robust", "minmax", "none"] = Field(
+        "standard", description="Scaling after log1p."
+    )
+    algorithm: Literal["kmeans"] = Field("kmeans", description="Clustering algorithm.")
+    k: Literal["auto"] | Annotated[int, Field(ge=2)] = Field(
+        "auto", description="Number of segments, or auto (chosen by `rule` over `k_range`)."
+    )
+    k_range: tuple[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=2)]] = Field(
+        (2, 10), description="Smallest and largest k fitted when k is auto."
+    )
+    rule: Literal["knee", "silhouette", "calinski_harabasz", "davies_bouldin"] = Field(
+        "knee", description="How k is chosen: knee of the inertia curve, or the best score."
+    )
+    min_k: Annotated[int, Field(ge=2)] = Field(3, description="Smallest k the rule may choose.")
+    max_k: Annotated[int, Field(ge=2)] = Field(8, description="Largest k the rule may choose.")
+    min_segment_share: Annotated[float, Field(ge=0, lt=0.5)] = Field(
+        0.02, description="k is admissible only if its smallest segment holds this share."
+    )
+    n_init: Annotated[int, Field(ge=1)] = Field(3, description="K-Means restarts per fit.")
+    fit_sample_size: Annotated[int, Field(ge=100)] = Field(
+        50_000, description="Customers sampled (seeded) for the k sweep; the final fit uses all."
+    )
+    silhouette_sample_size: Annotated[int, Field(ge=100)] = Field(
+        10_000, description="Customers sampled (seeded, the same for every k) for silhouette."
+    )
+    stability_seeds: Annotated[int, Field(ge=2)] = Field(
+        5, description="Seeds refitted to measure the stability (ARI) of the chosen solution."
+    )
+
+    @model_validator(mode="after")
+    def _consistent_limits(self) -> SegmentationSection:
+        low, high = self.k_range
+        if low > high:
+            raise ValueError(f"k_range {list(self.k_range)}: the first number must not exceed the second")
+        if self.min_k > self.max_k:
+            raise ValueError(f"min_k ({self.min_k}) is larger than max_k ({self.max_k})")
+        if self.k == "auto" and (self.max_k < low or self.min_k > high):
+            raise ValueError(
+                f"min_k..max_k ({self.min_k}..{self.max_k}) does not overlap k_range "
+                f"({low}..{high}): no k could be chosen; widen one of them"
+            )
+        return self
+
+
+class PlaybookEntry(_Section):
+    """What to do about one segment; every field overrides the default entry of that name."""
+
+    objective: str | None = Field(None, description="What the action should achieve.")
+    channel: str | None = Field(None, description="Where to reach these customers.")
+    offer: str | None = Field(None, description="What to offer.")
+    no_discount_offer: str | None = Field(None, description="An option that costs no margin.")
+    timing: str | None = Field(None, description="When and how often.")
+    kpi: str | None = Field(None, description="The number that shows it worked.")
+    holdout: str | None = Field(None, description="The control group to keep.")
+
+
 class OutputSection(_Section):
     """Where the run folders go."""
 
@@ -276,6 +357,12 @@ class Config(_Section):
     period: PeriodSection = Field(default_factory=PeriodSection, description="Period covered.")
     cleaning: CleaningSection = Field(default_factory=CleaningSection, description="Cleaning.")
     rfm: RfmSection = Field(default_factory=RfmSection, description="RFM definition.")
+    segmentation: SegmentationSection = Field(
+        default_factory=SegmentationSection, description="Clustering into segments."
+    )
+    playbook: dict[str, PlaybookEntry] = Field(
+        default_factory=dict, description="Per segment name, overrides of the default actions."
+    )
     output: OutputSection = Field(default_factory=OutputSection, description="Output folders.")
     seed: int = Field(42, description="Seed of every random step.")
     source_file: str | None = Field(None, exclude=True, description="The YAML file read (set by the loader).")
