@@ -6,7 +6,7 @@ The pipeline's stages are usable alone, e.g. in a notebook::
     config = reportgen.load_config("config.yaml")
     report = reportgen.compute_report(config)          # nothing written
     report.rfm.frame                                   # one row per customer
-    report, paths = reportgen.run(config)              # writes the run folder
+    result = reportgen.run(config)                     # writes the run folder (result.paths)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .errors import (
 from .grid import SegmentMap, load_segment_map
 from .model import Report
 from .period import Period, request_period
-from .pipeline import compute_report, run
+from .pipeline import RunResult, compute_report, run
 from .read import Transactions, read_transactions
 from .rfm import RfmTable
 
@@ -38,6 +38,7 @@ __all__ = [
     "Report",
     "ReportgenError",
     "RfmTable",
+    "RunResult",
     "SegmentMap",
     "Transactions",
     "annotate",

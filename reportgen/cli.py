@@ -8,7 +8,6 @@ the lock, 130 interrupted.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import sys
 from collections.abc import Iterator
@@ -21,7 +20,6 @@ from .errors import EXIT_CODES, ReportgenError
 log = logging.getLogger("reportgen")
 
 _EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
-_AS_OF_WORDS = ("latest", "yesterday", "last_month_end")
 
 
 @click.group(epilog=_EPILOG)
@@ -45,14 +43,14 @@ def _verbosity(function):  # type: ignore[no-untyped-def]
 
 
 def _parse_as_of(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
-    if value is None or value in _AS_OF_WORDS:
-        return value
+    from .config import parse_as_of
+
+    if value is None:
+        return None
     try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r}: use YYYY-MM-DD or one of {', '.join(_AS_OF_WORDS)}"
-        ) from None
+        return parse_as_of(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @cli.command(epilog=_EPILOG)
@@ -66,8 +64,8 @@ def run(config_path: Path, as_of: object, output: Path | None, verbose: int, qui
     from .pipeline import run as run_pipeline
 
     with _handled(verbose, quiet), _progress() as stage:
-        _, paths = run_pipeline(config_path, as_of=as_of, output=output, stage=stage)
-    for path in paths:
+        result = run_pipeline(config_path, as_of=as_of, output=output, stage=stage)
+    for path in result.paths:
         click.echo(str(path))
 
 

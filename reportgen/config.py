@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import unicodedata
 import os
 import re
 import zoneinfo
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -42,7 +45,10 @@ class _Section(BaseModel):
 def _resolve_path(value: str, info: ValidationInfo) -> str:
     """Resolve a relative path (or glob) against the config file's folder."""
     base = (info.context or {}).get("base_dir")
-    if value.startswith(SAMPLE_PREFIX) or base is None or Path(value).is_absolute():
+    if value.startswith(SAMPLE_PREFIX):
+        return value
+    value = os.path.expanduser(value)
+    if base is None or Path(value).is_absolute():
         return value
     return str(Path(base) / value)
 
@@ -85,7 +91,8 @@ class ReportSection(_Section):
         """The folder name of this report under the output root."""
         if self.slug:
             return self.slug
-        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-") or "report"
+        ascii_name = unicodedata.normalize("NFKD", self.name).encode("ascii", "ignore").decode()
+        return re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-") or "report"
 
 
 class CsvOptions(_Section):
@@ -134,9 +141,10 @@ class ColumnMap(_Section):
     def _amount_or_product(self) -> ColumnMap:
         has_parts = self.quantity is not None and self.unit_price is not None
         if self.amount is None and not has_parts:
-            raise ValueError("map either `amount`, or both `quantity` and `unit_price`")
+            raise ValueError("@amount: map either `amount`, or both `quantity` and `unit_price`")
         if self.amount is not None and (self.quantity or self.unit_price) and not has_parts:
-            raise ValueError("map `quantity` and `unit_price` together (or only `amount`)")
+            missing = "unit_price" if self.quantity else "quantity"
+            raise ValueError(f"@{missing}: map `quantity` and `unit_price` together (or only `amount`)")
         return self
 
     def mapped(self) -> dict[str, str]:
@@ -169,7 +177,8 @@ class InputSection(_Section):
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
         if value.startswith(SAMPLE_PREFIX) and value[len(SAMPLE_PREFIX) :] not in SAMPLE_DATASETS:
-            raise ValueError(f"unknown sample data set; known: {', '.join(SAMPLE_DATASETS)}")
+            known = ", ".join(SAMPLE_PREFIX + name for name in SAMPLE_DATASETS)
+            raise ValueError(f"unknown sample data set {value!r}; known: {known}")
         return _resolve_path(value, info)
 
     @field_validator("date_formats")
@@ -182,6 +191,19 @@ class InputSection(_Section):
 
 
 AsOfKeyword = Literal["latest", "yesterday", "last_month_end"]
+AS_OF_KEYWORDS = ("latest", "yesterday", "last_month_end")
+
+
+def parse_as_of(value: Any) -> str | dt.date:
+    """An as-of keyword or an ISO date; ValueError with the accepted forms otherwise."""
+    if isinstance(value, dt.date) or value in AS_OF_KEYWORDS:
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(
+            f"expected latest, yesterday, last_month_end or a date YYYY-MM-DD (got {value!r})"
+        ) from None
 
 
 class PeriodSection(_Section):
@@ -197,6 +219,11 @@ class PeriodSection(_Section):
         None, description="Stop (exit 4) when the latest transaction is older than this."
     )
     timezone: str = Field("UTC", description="IANA time zone of the calendar days.")
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _keyword_or_date(cls, value: Any) -> Any:
+        return parse_as_of(value)
 
     @field_validator("timezone")
     @classmethod
@@ -234,7 +261,7 @@ class RfmSection(_Section):
     monetary: Literal["sum", "mean_order"] = Field(
         "sum", description="sum: total spend; mean_order: mean order value."
     )
-    segment_map: Literal["builtin"] | str | dict[str, list[str]] = Field(
+    segment_map: Literal["builtin"] | str | dict[str, list[str | int]] = Field(
         "builtin",
         description="Score map to the RFM grid names: builtin, a CSV path (r_score, f_score,"
         " m_score, segment), or {name: [score patterns like '5[45]*']}.",
@@ -340,7 +367,11 @@ class PlaybookEntry(_Section):
 class OutputSection(_Section):
     """Where the run folders go."""
 
-    dir: str = Field("output", description="Output root; runs go to <dir>/<report slug>/<as_of>/.")
+    dir: str = Field(
+        "output",
+        validate_default=True,
+        description="Output root (relative to the config file); runs go to <dir>/<slug>/<as_of>/.",
+    )
     csv_bom: bool = Field(False, description="Start segments.csv with a BOM (for Excel).")
 
     @field_validator("dir")
@@ -365,7 +396,26 @@ class Config(_Section):
     )
     output: OutputSection = Field(default_factory=OutputSection, description="Output folders.")
     seed: int = Field(42, description="Seed of every random step.")
-    source_file: str | None = Field(None, exclude=True, description="The YAML file read (set by the loader).")
+    _source_file: str | None = PrivateAttr(None)  # the YAML file read, set by the loader
+
+    @model_validator(mode="before")
+    @classmethod
+    def _validate_absent_sections(cls, data: Any) -> Any:
+        # Absent sections are validated like empty ones, so their defaults (a relative
+        # output.dir) are resolved against the config file's folder too.
+        if isinstance(data, dict):
+            sections = [n for n, f in cls.model_fields.items() if _is_section(f.annotation)]
+            data = {**{name: {} for name in sections}, **data}
+        return data
+
+    @property
+    def source_file(self) -> str | None:
+        """The YAML file this config was read from (None when built from a dict)."""
+        return self._source_file
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, _Section)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,34 +423,43 @@ class Config(_Section):
 
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_KEY_PREFIX = re.compile(r"^@([A-Za-z_]+): ")  # a model validator naming the key it is about
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+@dataclass(frozen=True)
+class _Problem:
+    loc: tuple[str | int, ...]
+    message: str
+
+
+def load_config(path: str | Path) -> Config:
     """Read, interpolate and validate a config file; raise ConfigError listing every problem."""
     path = Path(path)
-    text = _read_text(path)
-    data, root = _parse_yaml(path, text)
-    problems: list[str] = []
-    data = _interpolate(data, (), problems)
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
-    try:
-        config = Config.model_validate(data, context={"base_dir": path.resolve().parent})
-    except ValidationError as exc:
-        problems += [_format_error(err) for err in exc.errors()]
-        config = None
+    data, root = _parse_yaml(path, _read_text(path))
+    env_problems: list[_Problem] = []
+    data = _interpolate(data, (), env_problems)
+    problems = env_problems + _validation_problems(data, path.resolve().parent)
     if problems:
-        raise ConfigError(_problem_report(path, root, problems))
-    return config.model_copy(update={"source_file": str(path)})
+        raise ConfigError(_problem_report(problems, path, root))
+    config = Config.model_validate(data, context={"base_dir": path.resolve().parent})
+    config._source_file = str(path)
+    return config
 
 
 def config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
     """Validate a config given as a dict (for Python callers); relative paths use `base_dir`."""
+    problems = _validation_problems(data, Path(base_dir).resolve())
+    if problems:
+        raise ConfigError(_problem_report(problems))
+    return Config.model_validate(data, context={"base_dir": Path(base_dir).resolve()})
+
+
+def _validation_problems(data: dict[str, Any], base_dir: Path) -> list[_Problem]:
     try:
-        return Config.model_validate(data, context={"base_dir": Path(base_dir).resolve()})
+        Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        lines = [_format_error(err) for err in exc.errors()]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+        return _merge_same_key([_problem_of(err) for err in exc.errors()])
+    return []
 
 
 def _read_text(path: Path) -> str:
@@ -412,9 +471,30 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, but repeated keys are errors and dates stay text (pydantic parses them)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], yaml.Node | None]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -427,7 +507,7 @@ def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], yaml.Node | None
     return data, root
 
 
-def _interpolate(value: Any, where: tuple, problems: list[str]) -> Any:
+def _interpolate(value: Any, where: tuple, problems: list[_Problem]) -> Any:
     """Expand ${VAR} and ${VAR:-default} in string values, after parsing."""
     if isinstance(value, dict):
         return {k: _interpolate(v, (*where, k), problems) for k, v in value.items()}
@@ -442,50 +522,73 @@ def _interpolate(value: Any, where: tuple, problems: list[str]) -> Any:
             return os.environ[name]
         if default is not None:
             return default
-        problems.append(_located(where, f"environment variable {name} is not set"))
+        problems.append(_Problem(where, f"environment variable {name} is not set"))
         return match.group(0)
 
     return _ENV_PATTERN.sub(expand, value)
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    node = data
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
-
-
-def _format_error(err: dict[str, Any]) -> str:
+def _problem_of(err: dict[str, Any]) -> _Problem:
     loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
     message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        message = "unknown key (check the spelling; `reportgen schema` lists every key)"
-    elif err["type"] == "literal_error" and "input" in err:
-        message = f"{message} (got {err['input']!r})"
-    return _located(loc, message)
+    named = _KEY_PREFIX.match(message)
+    if named:
+        loc, message = (*loc, named.group(1)), message[named.end() :]
+    return _Problem(loc, _plain_message(err, message))
+
+
+def _plain_message(err: dict[str, Any], message: str) -> str:
+    kind, given = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; `reportgen schema` lists every key)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "model_type" or kind == "dict_type":
+        return f"expected a mapping of keys (got {given!r})"
+    if isinstance(given, str | int | float | bool) and repr(given) not in message:
+        return f"{message} (got {given!r})"
+    return message
+
+
+def _merge_same_key(problems: list[_Problem]) -> list[_Problem]:
+    """A value that fits no member of a union gets one line, not one per member."""
+    merged: dict[tuple, list[str]] = {}
+    for problem in problems:
+        merged.setdefault(problem.loc, [])
+        if problem.message not in merged[problem.loc]:
+            merged[problem.loc].append(problem.message)
+    return [_Problem(loc, "; or ".join(messages)) for loc, messages in merged.items()]
 
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic adds the tried union member to the location, e.g. ('as_of', 'literal[...]')
-    return isinstance(part, str) and ("[" in part or part in {"date", "str", "int", "list", "dict"})
+    return isinstance(part, str) and (
+        "[" in part or part in {"date", "str", "int", "float", "list", "dict", "function-after"}
+    )
 
 
-def _located(loc: tuple, message: str) -> str:
-    """Encode the location so _problem_report can add the line number."""
-    return "\x00".join(str(p) for p in loc) + "\x01" + message
-
-
-def _problem_report(path: Path, root: yaml.Node | None, problems: list[str]) -> str:
+def _problem_report(
+    problems: list[_Problem], path: Path | None = None, root: yaml.Node | None = None
+) -> str:
+    problems = _without_env_followups(problems)
     lines = []
     for problem in problems:
-        loc_text, message = problem.split("\x01", 1)
-        loc = [int(p) if p.isdigit() else p for p in loc_text.split("\x00") if p]
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
-        lines.append(f"  {path}:{_line_of(root, loc)}: {dotted}: {message}")
+        dotted = ".".join(str(p) for p in problem.loc) or "(top level)"
+        where = f"{path}:{_line_of(root, list(problem.loc))}: " if path else ""
+        lines.append(f"  {where}{dotted}: {problem.message}")
     count = len(lines)
-    summary = f"{count} problem{'s' if count > 1 else ''} in {path}; fix and run `reportgen validate`"
+    source = f" in {path}" if path else ""
+    summary = f"{count} problem{'s' if count > 1 else ''}{source}; fix and run `reportgen validate`"
     return "invalid configuration:\n" + "\n".join(lines) + "\n" + summary
+
+
+def _without_env_followups(problems: list[_Problem]) -> list[_Problem]:
+    """An unset variable is the problem; the odd value it leaves behind is not reported again."""
+    env_locs = {p.loc for p in problems if p.message.startswith("environment variable")}
+    return [
+        p for p in problems
+        if p.loc not in env_locs or p.message.startswith("environment variable")
+    ]  # fmt: skip
 
 
 def _line_of(root: yaml.Node | None, loc: list) -> int:

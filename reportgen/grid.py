@@ -55,7 +55,7 @@ def builtin_map_path() -> Path:
     return Path(str(resources.files("reportgen") / "data" / "rfm_segment_map.csv"))
 
 
-def load_segment_map(spec: str | dict[str, list[str]] = "builtin") -> SegmentMap:
+def load_segment_map(spec: str | dict[str, list[str | int]] = "builtin") -> SegmentMap:
     """Load and validate a segment map; raise ValueError naming any gap or overlap."""
     if isinstance(spec, dict):
         pairs = _pairs_from_patterns(spec)
@@ -83,7 +83,7 @@ def _pairs_from_csv(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _pairs_from_patterns(spec: dict[str, list[str]]) -> list[tuple[str, str]]:
+def _pairs_from_patterns(spec: dict[str, list[str | int]]) -> list[tuple[str, str]]:
     pairs, unused = [], []
     for name, patterns in spec.items():
         for pattern in patterns:
@@ -104,13 +104,17 @@ def _check_partition(pairs: list[tuple[str, str]]) -> dict[str, str]:
     overlaps = {code: sorted(n) for code, n in names.items() if len(n) > 1}
     problems = []
     if gaps:
-        problems.append(f"{len(gaps)} score codes have no segment (e.g. {', '.join(gaps[:_SHOWN])})")
+        problems.append(f"{_codes(len(gaps))} no segment (e.g. {', '.join(gaps[:_SHOWN])})")
     if overlaps:
         shown = "; ".join(f"{c} -> {' / '.join(n)}" for c, n in list(overlaps.items())[:_SHOWN])
-        problems.append(f"{len(overlaps)} score codes have more than one segment ({shown})")
+        problems.append(f"{_codes(len(overlaps))} more than one segment ({shown})")
     if problems:
         raise ValueError("segment map refused: " + "; ".join(problems))
     return {code: next(iter(names[code])) for code in ALL_CODES}
+
+
+def _codes(count: int) -> str:
+    return "1 score code has" if count == 1 else f"{count} score codes have"
 
 
 def describe_map(segment_map: SegmentMap) -> dict[str, Any]:

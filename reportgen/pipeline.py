@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -31,13 +32,22 @@ Stage = Callable[[str], None]
 _SHOWN_ROWS = 5
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run: the report model, its run folder and every file written."""
+
+    report: Report
+    folder: Path
+    paths: list[Path]
+
+
 def run(
     config: Config | str | Path,
     as_of: str | dt.date | None = None,
     output: str | Path | None = None,
     stage: Stage | None = None,
-) -> tuple[Report, list[Path]]:
-    """Compute the report and write its run folder; return the report and the paths written."""
+) -> RunResult:
+    """Compute the report and write its run folder (gather first, then write)."""
     if not isinstance(config, Config):
         config = load_config(config)
     root = output if output is not None else config.output.dir
@@ -46,7 +56,7 @@ def run(
         report = compute_report(config, as_of=as_of, stage=stage)
         (stage or _quiet)("Writing the run folder")
         paths = write_run_folder(report_dir, report.run_name, lambda d: write_exports(report, d))
-    return report, paths
+    return RunResult(report, report_dir / report.run_name, paths)
 
 
 def compute_report(

@@ -12,12 +12,27 @@ from pydantic.fields import FieldInfo
 from .config import Config
 
 _HEADER = """\
-# yaml-language-server: $schema=./reportgen.schema.json
 # reportgen configuration. Every key is optional except input.path; the values below are the
-# defaults. Check a file with `reportgen validate --config FILE`; `reportgen schema` prints the
-# JSON Schema (for editor completion). ${VAR} and ${VAR:-default} read environment variables.
+# defaults, except that `input` is set up for the built-in sample data so this file runs as it
+# is: point input.path and input.columns at your own data. Check a file with
+# `reportgen validate --config FILE`. For completion in editors, run
+# `reportgen schema > reportgen.schema.json` and add the line
+# `# yaml-language-server: $schema=./reportgen.schema.json` at the top.
+# ${VAR} and ${VAR:-default} read environment variables (for secrets).
 """
-_PLACEHOLDERS = {"input.path": "sample:online_retail"}
+# The built-in sample data's columns, so that the starter file runs as it is.
+_PLACEHOLDERS = {
+    "input.path": "sample:online_retail",
+    "input.date_formats": "['%Y-%m-%d %H:%M:%S']",
+    "input.columns.customer_id": "CustomerID",
+    "input.columns.order_id": "InvoiceNo",
+    "input.columns.order_date": "InvoiceDate",
+    "input.columns.amount": "null",
+    "input.columns.quantity": "Quantity",
+    "input.columns.unit_price": "UnitPrice",
+    "input.columns.product_id": "StockCode",
+    "input.attributes": "[Country]",
+}
 
 
 def render_starter_config() -> str:
@@ -28,8 +43,6 @@ def render_starter_config() -> str:
 def _model_lines(model: type[BaseModel], prefix: str, depth: int) -> list[str]:
     lines = []
     for name, field in model.model_fields.items():
-        if field.exclude:
-            continue
         dotted = f"{prefix}{name}"
         sub = _submodel(field)
         indent = "  " * depth
