@@ -18,7 +18,7 @@ import polars as pl
 
 from .config import CleaningSection
 from .period import PeriodRequest
-from .read import ROW, SOURCE_PREFIX, Transactions
+from .read import FILE, ROW, SOURCE_PREFIX, Transactions
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +171,11 @@ def audit_queries(cleaned: Cleaned, examples_per_rule: int) -> dict[str, pl.Lazy
         pl.col("_zoned").filter(~pl.col("_zoned")).len().alias("naive"),
         pl.col("currency").drop_nulls().unique().sort().head(5).implode().alias("currencies"),
     )
-    shown = [ROW, "customer_id", "order_id", "order_ts", "amount_minor"]
+    shown = [FILE, ROW, "customer_id", "order_id", "order_ts", "amount_minor"]
     examples = (
         frame.filter(pl.col(REASON).is_not_null())
         .group_by(REASON)
-        .agg(pl.col(c).bottom_k_by(ROW, examples_per_rule) for c in shown)
+        .agg(pl.col(c).bottom_k_by([FILE, ROW], examples_per_rule) for c in shown)
         .explode(shown)
     )
     return {"by_rule": by_rule, "totals": totals, "examples": examples}
@@ -224,13 +224,14 @@ def _always_listed(rule: str, cleaned: Cleaned) -> bool:
 
 
 def _examples_by_rule(frame: pl.DataFrame, cleaned: Cleaned) -> dict[str, list[dict]]:
-    first_line = cleaned.transactions.source.first_line
+    source = cleaned.transactions.source
     digits = cleaned.transactions.minor_digits
     out: dict[str, list[dict]] = {}
-    for row in frame.sort(ROW).iter_rows(named=True):
+    for row in frame.sort(FILE, ROW).iter_rows(named=True):
         out.setdefault(row[REASON], []).append(
             {
-                "line": row[ROW] + first_line,
+                "file": source.files[row[FILE]],
+                "line": source.line(row[ROW]),
                 "customer_id": mask_id(row["customer_id"]),
                 "order_id": row["order_id"],
                 "order_ts": row["order_ts"].isoformat(sep=" ") if row["order_ts"] else None,

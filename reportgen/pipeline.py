@@ -22,8 +22,8 @@ from .export import write_exports
 from .grid import load_segment_map
 from .model import Report
 from .output import prepare_report_dir, report_lock, write_run_folder
-from .period import Period, request_period, window_start
-from .read import ROW, find_undecodable_line, read_transactions
+from .period import Period, PeriodRequest, request_period, window_start
+from .read import FILE, ROW, located_read_error, read_transactions
 from .rfm import RfmTable, finish_rfm, rfm_query
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,13 @@ def compute_report(
     tx = read_transactions(config.input, config.report.currency, config.period.timezone)
     cleaned = annotate(tx, config.cleaning, request)
     stage("Cleaning and computing RFM")
-    results = _collect(cleaned, config.cleaning.examples_per_rule)
-    _check_input(results["totals"].row(0, named=True), cleaned, config)
+    try:
+        results = _collect(cleaned, config)
+        _check_input(results["totals"].row(0, named=True), cleaned, config)
+    finally:
+        tx.release()
     audit = build_audit(results, cleaned)
-    period = _resolved_period(results["totals"].row(0, named=True), request, config)
+    period = _resolved_period(results["totals"].row(0, named=True), request, audit)
     segment_map = load_segment_map(config.rfm.segment_map)
     rfm = finish_rfm(
         results["rfm"], config.rfm, segment_map, tx.minor_digits, period.window_start
@@ -98,96 +101,91 @@ def _quiet(_: str) -> None:
     return None
 
 
-def _collect(cleaned: Cleaned, examples_per_rule: int) -> dict[str, pl.DataFrame]:
+def _collect(cleaned: Cleaned, config: Config) -> dict[str, pl.DataFrame]:
     """One collect for everything read from the transactions (shared scan and cleaning)."""
-    queries = audit_queries(cleaned, examples_per_rule) | {"rfm": rfm_query(cleaned)}
+    examples = config.cleaning.examples_per_rule
+    queries = audit_queries(cleaned, examples) | {"rfm": rfm_query(cleaned)}
     try:
         frames = pl.collect_all(list(queries.values()))
     except pl.exceptions.ComputeError as exc:
-        raise _read_error(exc, cleaned) from None
+        raise located_read_error(exc, cleaned.transactions.source, config.input) from None
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputDataError(f"{cleaned.transactions.source.location}: {exc}") from None
     return dict(zip(queries, frames, strict=True))
 
 
-def _read_error(exc: Exception, cleaned: Cleaned) -> InputDataError:
-    source = cleaned.transactions.source
-    if "utf" in str(exc).lower() and source.format == "csv":
-        for file in source.files:
-            line = find_undecodable_line(file)
-            if line is not None:
-                return InputDataError(
-                    f"{file}:{line}: bytes that are not valid UTF-8; set input.csv.encoding to "
-                    "the file's encoding (e.g. latin-1 or cp1252)"
-                )
-    return InputDataError(f"{source.location}: cannot read the data: {exc}")
-
-
 def _check_input(totals: dict, cleaned: Cleaned, config: Config) -> None:
     """Values that make the data unusable as configured: stop and show where they are."""
     cols = config.input.columns
+    count = _counted
     if totals["rows"] == 0:
         raise InputDataError(f"{cleaned.transactions.source.location}: the table has no rows")
     if totals["bad_ids"]:
         _raise_with_rows(
-            cleaned, "_bad_id", totals["bad_ids"],
-            f"customer ids in column {cols.customer_id!r} were stored as floats at or above 2^53 "
-            "and have lost digits; export the column as text",
+            cleaned, "_bad_id",
+            f"{count(totals['bad_ids'], 'customer id')} in column {cols.customer_id!r} stored as "
+            "floats at or above 2^53 (digits lost); export the column as text",
         )  # fmt: skip
     if totals["bad_amounts"]:
         names = cols.amount or f"{cols.quantity}/{cols.unit_price}"
         _raise_with_rows(
-            cleaned, "_bad_amount", totals["bad_amounts"],
-            f"values in {names!r} are not numbers (decimal separator "
-            f"{config.input.csv.decimal!r}; set input.csv.decimal if it is ',')",
+            cleaned, "_bad_amount",
+            f"{count(totals['bad_amounts'], 'value')} in {names!r} "
+            f"{'is not a number' if totals['bad_amounts'] == 1 else 'are not numbers'} "
+            f"(decimal separator {config.input.csv.decimal!r}: set input.csv.decimal if it is ',')",
         )  # fmt: skip
     if totals["bad_dates"] and config.cleaning.unparseable_dates == "error":
         _raise_with_rows(
-            cleaned, "_bad_date", totals["bad_dates"],
-            f"dates in {cols.order_date!r} match none of input.date_formats "
-            f"{config.input.date_formats}; add their format, or set "
+            cleaned, "_bad_date",
+            f"{count(totals['bad_dates'], 'date')} in {cols.order_date!r} match none of "
+            f"input.date_formats {config.input.date_formats}: add their format, or set "
             "cleaning.unparseable_dates: drop to drop and audit them",
         )  # fmt: skip
     if totals["zoned"] and totals["naive"]:
         _raise_with_rows(
-            cleaned, "_zoned", totals["zoned"],
+            cleaned, "_zoned",
             f"column {cols.order_date!r} mixes timestamps with a time zone ({totals['zoned']:,}) "
             f"and without one ({totals['naive']:,}); make them all one kind",
         )  # fmt: skip
-    _check_currency(totals["currencies"], config)
+    _check_currency(totals["currencies"], cleaned, config)
 
 
-def _raise_with_rows(cleaned: Cleaned, flag: str, count: int, message: str) -> None:
+def _counted(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+
+def _raise_with_rows(cleaned: Cleaned, flag: str, message: str) -> None:
     source = cleaned.transactions.source
     rows = (
         cleaned.frame.filter(pl.col(flag).fill_null(False))
-        .select(ROW).head(_SHOWN_ROWS).collect()[ROW].to_list()
+        .select(FILE, ROW).head(_SHOWN_ROWS).collect().iter_rows()
     )  # fmt: skip
-    where = "lines" if source.format != "parquet" else "rows"
-    shown = ", ".join(str(r + source.first_line) for r in rows)
-    raise InputDataError(f"{source.location}: {count:,} {message} (first {where}: {shown})")
+    raise InputDataError(f"{source.location}: {message} ({source.describe_rows(list(rows))})")
 
 
-def _check_currency(currencies: list[str] | None, config: Config) -> None:
+def _check_currency(currencies: list[str] | None, cleaned: Cleaned, config: Config) -> None:
     found = [c for c in (currencies or []) if c]
+    where = f"{cleaned.transactions.source.location}: column {config.input.columns.currency!r}"
     if len(found) > 1:
         raise InputDataError(
-            f"the data holds more than one currency ({', '.join(found)}); reportgen sums money "
+            f"{where} holds more than one currency ({', '.join(found)}); reportgen sums money "
             "in one currency: filter or convert the data first"
         )
     if found and found[0] != config.report.currency:
         raise InputDataError(
-            f"the data is in {found[0]} but report.currency is {config.report.currency}; "
+            f"{where} is in {found[0]} but report.currency is {config.report.currency}; "
             "set report.currency to match"
         )
 
 
-def _resolved_period(totals: dict, request, config: Config) -> Period:
+def _resolved_period(totals: dict, request: PeriodRequest, audit: CleaningAudit) -> Period:
     as_of, latest = totals["as_of"], totals["latest_kept"]
     if as_of is None or latest is None:
+        dropped = ", ".join(f"{r.rule} {r.rows:,}" for r in audit.rules if r.rows)
         raise InputDataError(
-            "no transaction is left after cleaning, on or before the as-of date "
-            f"({request.asked}); see the rules in the log, or check input.columns"
+            f"no transaction is left after cleaning on or before the as-of date ({request.asked}); "
+            f"{audit.rows_read:,} rows read, dropped: {dropped}"
         )
     period = Period(as_of, window_start(as_of, request.window_days), request.timezone,
                     request.asked, latest)  # fmt: skip

@@ -13,6 +13,8 @@ product_id, currency, and the configured attribute columns under their own names
 from __future__ import annotations
 
 import codecs
+import csv
+import functools
 import glob
 import logging
 import tempfile
@@ -22,13 +24,14 @@ from pathlib import Path
 
 import polars as pl
 
-from .config import SAMPLE_PREFIX, InputSection
+from .config import SAMPLE_PREFIX, ColumnMap, InputSection
 from .errors import InputDataError
 
 log = logging.getLogger(__name__)
 
 SOURCE_PREFIX = "src:"
-ROW = "_row"
+ROW = "_row"  # row number within its file
+FILE = "_file"  # position of the file in Source.files
 MAX_EXACT_FLOAT_ID = 2**53
 _SUFFIX_FORMATS = {
     ".csv": "csv", ".tsv": "csv", ".txt": "csv",
@@ -45,7 +48,19 @@ class Source:
     format: str
     files: tuple[str, ...]
     columns: tuple[str, ...]
-    first_line: int  # the file line of data row 0 (CSV: 2 with a header), for messages
+    first_line: int  # the file line of a file's data row 0 (CSV and Excel: 2, after the header)
+
+    def line(self, row: int) -> int:
+        """The 1-based line (Parquet: row) in its file of a file's data row `row`."""
+        return row + self.first_line
+
+    def describe_rows(self, positions: list[tuple[int, int]]) -> str:
+        """'first lines: 3, 5' (or rows, for Parquet), naming the files when there are several."""
+        unit = "rows" if self.format == "parquet" else "lines"
+        if len(self.files) == 1:
+            return f"first {unit}: " + ", ".join(str(self.line(r)) for _, r in positions)
+        shown = ", ".join(f"{self.files[f]}:{self.line(r)}" for f, r in positions)
+        return f"first {unit}: {shown}"
 
 
 @dataclass(frozen=True)
@@ -57,23 +72,35 @@ class Transactions:
     minor_digits: int  # decimals of the currency's minor unit (GBP 2, JPY 0)
     has_order_id: bool  # without one, an order is a customer's purchases on one day
     attributes: tuple[str, ...]  # extra per-customer columns (e.g. Country)
+    temporary_files: tuple[str, ...] = ()  # UTF-8 copies of other encodings; see release()
+
+    def release(self) -> None:
+        """Delete the temporary copies once the frame has been collected."""
+        for path in self.temporary_files:
+            Path(path).unlink(missing_ok=True)
 
 
 def read_transactions(cfg: InputSection, currency: str, timezone: str = "UTC") -> Transactions:
     """Open the configured source lazily and map it to the canonical schema.
 
     Zoned timestamps are converted to `timezone`; naive ones are taken as already in it.
+    Call `release()` on the result after collecting (it may hold transcoded copies).
     """
     location, fmt, files = _locate(cfg)
-    raw, first_line = _scan(cfg, fmt, files)
-    columns = tuple(raw.collect_schema().names())
-    _check_mapped_columns(cfg, columns, location)
+    scan_files, temporary = _utf8_copies(cfg, fmt, files)
+    try:
+        raw, first_line = _scan(cfg, fmt, scan_files)
+        schema = _schema(raw, cfg, fmt, files)
+    except BaseException:
+        Transactions(pl.LazyFrame(), None, 0, False, (), temporary).release()  # type: ignore[arg-type]
+        raise
+    _check_mapped_columns(cfg, tuple(schema.names()), location)
     digits = _minor_digits(currency)
-    frame = _canonical(raw.with_row_index(ROW), cfg, digits, timezone, raw.collect_schema())
-    source = Source(location, fmt, tuple(files), columns, first_line)
+    source = Source(location, fmt, tuple(files), tuple(schema.names()), first_line)
     return Transactions(
-        frame, source, digits, cfg.columns.order_id is not None, tuple(cfg.attributes)
-    )
+        _canonical(raw, cfg, digits, timezone, schema), source, digits,
+        cfg.columns.order_id is not None, tuple(cfg.attributes), tuple(temporary),
+    )  # fmt: skip
 
 
 def sample_data_path(name: str) -> Path:
@@ -89,36 +116,42 @@ def _locate(cfg: InputSection) -> tuple[str, str, list[str]]:
     if path.startswith(SAMPLE_PREFIX):
         file = sample_data_path(path[len(SAMPLE_PREFIX) :])
         return path, "parquet", [str(file)]
-    files = _expand(path)
+    files = _expand(path, cfg.format)
     fmt = cfg.format if cfg.format != "auto" else _format_of(path, files)
     return path, fmt, files
 
 
-def _expand(path: str) -> list[str]:
+def _expand(path: str, fmt: str) -> list[str]:
     if Path(path).is_dir():
-        files = sorted(glob.glob(str(Path(path) / "**" / "*.parquet"), recursive=True))
-        where = f"folder {path} has no .parquet files"
+        files = _files_in_folder(Path(path), fmt)
+        where = f"folder {path} holds no data files ({', '.join(sorted(_SUFFIX_FORMATS))})"
     elif glob.has_magic(path):
         files = sorted(f for f in glob.glob(path, recursive=True) if Path(f).is_file())
         where = f"no file matches {path}"
     else:
         files = [path] if Path(path).is_file() else []
-        where = f"file not found: {path}"
+        where = f"file not found: {path}" if not Path(path).exists() else f"not a file: {path}"
     if not files:
         raise InputDataError(f"input.path: {where} (check the path in the config)")
-    unreadable = [f for f in files if not _readable(f)]
-    if unreadable:
-        raise InputDataError(f"input.path: cannot read {unreadable[0]} (permission denied?)")
+    for file in files:
+        _check_readable(file)
     return files
 
 
-def _readable(path: str) -> bool:
+def _files_in_folder(folder: Path, fmt: str) -> list[str]:
+    """Every data file below `folder` of one format (the configured one, else the one found)."""
+    found = [f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in _SUFFIX_FORMATS]
+    formats = {_SUFFIX_FORMATS[f.suffix.lower()] for f in found}
+    wanted = fmt if fmt != "auto" else (formats.pop() if len(formats) == 1 else "parquet")
+    return sorted(str(f) for f in found if _SUFFIX_FORMATS[f.suffix.lower()] == wanted)
+
+
+def _check_readable(path: str) -> None:
     try:
         with open(path, "rb") as handle:
             handle.read(1)
-        return True
-    except OSError:
-        return False
+    except OSError as exc:
+        raise InputDataError(f"input.path: cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _format_of(path: str, files: list[str]) -> str:
@@ -134,37 +167,88 @@ def _format_of(path: str, files: list[str]) -> str:
 
 
 def _scan(cfg: InputSection, fmt: str, files: list[str]) -> tuple[pl.LazyFrame, int]:
+    """One lazy frame over all files; `_row` counts rows per file and `_file` numbers the file."""
     try:
-        if fmt == "parquet":
-            return pl.scan_parquet(files), 1
         if fmt == "excel":
-            return _read_excel(cfg, files), 2
-        return _scan_csv(cfg, files), 2
+            frames = [_read_excel(cfg, f).with_row_index(ROW) for f in files]
+            return _concat(frames), 2
+        scan = pl.scan_parquet if fmt == "parquet" else functools.partial(_scan_csv, cfg)
+        frames = [scan(f).with_row_index(ROW) for f in files]
+        return _concat(frames), 1 if fmt == "parquet" else 2
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         raise InputDataError(f"input.path: cannot read {cfg.path} as {fmt}: {exc}") from None
 
 
-def _scan_csv(cfg: InputSection, files: list[str]) -> pl.LazyFrame:
+def _concat(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
+    numbered = [f.with_columns(pl.lit(i, dtype=pl.UInt32).alias(FILE)) for i, f in enumerate(frames)]
+    return numbered[0] if len(numbered) == 1 else pl.concat(numbered, how="diagonal_relaxed")
+
+
+def _schema(raw: pl.LazyFrame, cfg: InputSection, fmt: str, files: list[str]) -> pl.Schema:
+    """The source columns (without ours); unreadable files fail here, with the reason."""
+    try:
+        schema = raw.collect_schema()
+    except pl.exceptions.NoDataError:
+        raise InputDataError(f"input.path: {cfg.path} is empty (no header, no rows)") from None
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputDataError(
+            f"input.path: cannot read {cfg.path} as {fmt}: {first} (is it really {fmt}? "
+            "set input.format if the file name misleads)"
+        ) from None
+    names = [n for n in schema.names() if n not in (ROW, FILE)]
+    if fmt == "csv" and any("\ufffd" in n for n in names):
+        raise undecodable_error(files, cfg.csv.encoding)
+    return pl.Schema({n: schema[n] for n in names})
+
+
+def _scan_csv(cfg: InputSection, file: str) -> pl.LazyFrame:
     options = cfg.csv
-    if codecs.lookup(options.encoding).name != "utf-8":
-        files = [_transcode_to_utf8(f, options.encoding) for f in files]
     # Everything is read as text: ids keep leading zeros, and parsing is ours, so a value that
     # does not parse can be counted and shown instead of silently becoming null.
     return pl.scan_csv(
-        files,
+        file,
         separator=options.separator,
         quote_char=options.quote_char,
         infer_schema=False,
         encoding="utf8",
-        missing_columns="insert",
     )
 
 
-def _read_excel(cfg: InputSection, files: list[str]) -> pl.LazyFrame:
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name == "utf-8"
+
+
+def _read_excel(cfg: InputSection, file: str) -> pl.LazyFrame:
+    import fastexcel
+
     sheet = cfg.excel.sheet
+    try:
+        sheets = fastexcel.read_excel(file).sheet_names
+    except fastexcel.FastExcelError as exc:
+        raise InputDataError(f"{file}: cannot read it as an Excel workbook: {exc}") from None
+    if sheet not in sheets and not (isinstance(sheet, int) and 0 <= sheet < len(sheets)):
+        raise InputDataError(
+            f"{file}: input.excel.sheet {sheet!r} not found; the workbook has "
+            f"{', '.join(repr(s) for s in sheets)} (give a name, or a position counted from 0)"
+        )
     by = {"sheet_name": sheet} if isinstance(sheet, str) else {"sheet_id": sheet + 1}
-    frames = [pl.read_excel(f, engine="calamine", **by) for f in files]
-    return pl.concat(frames, how="diagonal_relaxed").lazy()
+    return pl.read_excel(file, engine="calamine", **by).lazy()
+
+
+def _utf8_copies(cfg: InputSection, fmt: str, files: list[str]) -> tuple[list[str], list[str]]:
+    """CSV files in another encoding are transcoded to temporary UTF-8 copies."""
+    if fmt != "csv" or _is_utf8(cfg.csv.encoding):
+        return files, []
+    copies: list[str] = []
+    try:
+        for file in files:
+            copies.append(_transcode_to_utf8(file, cfg.csv.encoding))
+    except BaseException:
+        for copy in copies:
+            Path(copy).unlink(missing_ok=True)
+        raise
+    return copies, copies
 
 
 def _transcode_to_utf8(path: str, encoding: str) -> str:
@@ -172,32 +256,67 @@ def _transcode_to_utf8(path: str, encoding: str) -> str:
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     out = tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".csv", delete=False)
     with open(path, "rb") as source, out:
-        line = 1
-        for chunk in iter(lambda: source.read(1 << 20), b""):
-            try:
-                text = decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                bad_line = line + chunk[: exc.start].count(b"\n")
-                raise InputDataError(
-                    f"{path}:{bad_line}: byte {chunk[exc.start]:#04x} cannot be decoded as "
-                    f"{encoding} (set input.csv.encoding to the file's encoding)"
-                ) from None
-            line += chunk.count(b"\n")
-            out.write(text)
+        try:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                out.write(decoder.decode(chunk))
+        except UnicodeDecodeError:
+            out.close()
+            Path(out.name).unlink(missing_ok=True)
+            raise undecodable_error([path], encoding) from None
     return out.name
 
 
-def find_undecodable_line(path: str) -> int | None:
-    """The 1-based line of the first byte that is not UTF-8, or None."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+def undecodable_error(files: list[str] | tuple[str, ...], encoding: str) -> InputDataError:
+    """The error naming the line and byte of the first text that does not decode."""
+    for file in files:
+        found = find_undecodable_line(file, encoding)
+        if found is not None:
+            line, byte = found
+            return InputDataError(
+                f"{file}:{line}: byte {byte:#04x} cannot be decoded as {encoding.upper()}; set "
+                "input.csv.encoding to the file's encoding (e.g. latin-1 or cp1252)"
+            )
+    return InputDataError(f"{files[0]}: text that cannot be decoded as {encoding}")
+
+
+def located_read_error(exc: Exception, source: Source, cfg: InputSection) -> InputDataError:
+    """Turn a reading failure seen at collect time into an error naming the file and line."""
+    text = str(exc).strip().splitlines()[0]
+    if source.format == "csv" and "utf" in text.lower():
+        return undecodable_error(source.files, "utf-8")
+    if source.format == "csv" and "more fields" in text:
+        for file in source.files:
+            line = find_ragged_line(file, cfg)
+            if line is not None:
+                return InputDataError(
+                    f"{file}:{line}: this line has more fields than the header; check "
+                    f"input.csv.separator ({cfg.csv.separator!r}) and the quoting in the file"
+                )
+    return InputDataError(f"{source.location}: cannot read the data: {text}")
+
+
+def find_undecodable_line(path: str, encoding: str = "utf-8") -> tuple[int, int] | None:
+    """(1-based line, byte) of the first byte that does not decode, or None."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     line = 1
     with open(path, "rb") as source:
         for chunk in iter(lambda: source.read(1 << 20), b""):
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as exc:
-                return line + chunk[: exc.start].count(b"\n")
+                return line + chunk[: exc.start].count(b"\n"), chunk[exc.start]
             line += chunk.count(b"\n")
+    return None
+
+
+def find_ragged_line(path: str, cfg: InputSection) -> int | None:
+    """The 1-based line of the first CSV record with more fields than the header, or None."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.reader(handle, delimiter=cfg.csv.separator, quotechar=cfg.csv.quote_char)
+        width = len(next(reader, []))
+        for record in reader:
+            if len(record) > width:
+                return reader.line_num
     return None
 
 
@@ -228,6 +347,7 @@ def _canonical(
     dec = cfg.csv.decimal
     exprs = [
         pl.col(ROW),
+        pl.col(FILE),
         *_customer_exprs(cols.customer_id, schema[cols.customer_id]),
         _text(cols.order_id, schema).alias("order_id"),
         *_date_exprs(cols.order_date, schema[cols.order_date], cfg.date_formats, tz),
@@ -288,23 +408,45 @@ def _parse(text: pl.Expr, fmt: str, tz: str) -> pl.Expr:
     return parsed
 
 
-def _amount_exprs(cols, schema: pl.Schema, digits: int, decimal: str) -> list[pl.Expr]:
-    """amount_minor = round(amount x 10^digits), exact integer money; non-numbers flagged."""
+# Money is fixed point: prices and amounts are exact to 6 decimals, quantities to 3, and every
+# line is rounded once, half to even, to the currency's minor unit. Float products would round
+# exact half pennies the wrong way (5 x 0.011 = 0.05499999... in binary).
+_PRICE_SCALE, _QUANTITY_SCALE = 6, 3
+
+
+def _amount_exprs(cols: ColumnMap, schema: pl.Schema, digits: int, decimal: str) -> list[pl.Expr]:
+    """amount_minor: exact integer money per line; non-numbers flagged."""
     if cols.amount is not None:
         amount, bad = _number(cols.amount, schema, decimal)
         quantity = unit_price = pl.lit(None, dtype=pl.Float64)
+        minor = _round_half_even(_fixed(amount, _PRICE_SCALE), _PRICE_SCALE - digits)
     else:
         quantity, bad_q = _number(cols.quantity, schema, decimal)
         unit_price, bad_p = _number(cols.unit_price, schema, decimal)
         amount, bad = quantity * unit_price, bad_q | bad_p
-    minor = (amount * 10**digits).round(0, mode="half_to_even").cast(pl.Int64)
+        exact = _fixed(quantity, _QUANTITY_SCALE) * _fixed(unit_price, _PRICE_SCALE)
+        minor = _round_half_even(exact, _QUANTITY_SCALE + _PRICE_SCALE - digits)
     return [
-        minor.alias("amount_minor"),
+        minor.cast(pl.Int64).alias("amount_minor"),
         amount.alias("amount"),  # unrounded, for the sign test of the cleaning rules
         quantity.alias("quantity"),
         unit_price.alias("unit_price"),
         bad.alias("_bad_amount"),
     ]
+
+
+def _fixed(value: pl.Expr, scale: int) -> pl.Expr:
+    """A decimal number as an integer count of 10^-scale (wide, so products cannot overflow)."""
+    return (value * 10**scale).round(0).cast(pl.Int128)
+
+
+def _round_half_even(value: pl.Expr, drop_digits: int) -> pl.Expr:
+    """Integer division by 10^drop_digits, rounded half to even, in exact integer arithmetic."""
+    divisor = 10**drop_digits
+    quotient = value // divisor  # floor, also for negative values
+    twice_rest = (value - quotient * divisor) * 2
+    up = (twice_rest > divisor) | ((twice_rest == divisor) & (quotient % 2 == 1))
+    return quotient + up.cast(pl.Int128)
 
 
 def _number(column: str, schema: pl.Schema, decimal: str) -> tuple[pl.Expr, pl.Expr]:

@@ -1,0 +1,524 @@
+"""Every class of bad input through `reportgen run`: its exit code, a message naming the file,
+column or line at fault, no traceback, and nothing half-written in the output folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+from filelock import FileLock
+
+from reportgen.cli import cli
+
+SLUG = "shop"
+HEADER = "customer_id,order_id,order_date,amount\n"
+GOOD_ROWS = "a,1,2024-03-01,10.00\nb,2,2024-02-20,5.00\n"
+
+
+def _write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
+    """config.yaml in tmp_path: the given sections over a minimal valid config reading tx.csv."""
+    data: dict[str, Any] = {"report": {"slug": SLUG}, "input": {"path": "tx.csv"}}
+    for section, values in config.items():
+        data[section] = {**data.get(section, {}), **values}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _run(tmp_path: Path, config: dict[str, Any] | Path, *args: str) -> Result:
+    """`reportgen run --config ... --output tmp_path/out`, with the config given or written."""
+    path = config if isinstance(config, Path) else _write_config(tmp_path, config)
+    out = tmp_path / "out"
+    return CliRunner().invoke(cli, ["run", "--config", str(path), "--output", str(out), *args])
+
+
+def _assert_fails(result: Result, code: int, *words: str) -> str:
+    """Exit `code`, one ERROR log line holding every word, no traceback, nothing on stdout."""
+    assert result.exit_code == code, (result.exit_code, result.stderr, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if " ERROR reportgen:" in line]
+    assert len(errors) == 1, result.stderr
+    message = result.stderr[result.stderr.index(" ERROR reportgen:"):]
+    for word in words:
+        assert word in message, (word, message)
+    return message
+
+
+def _assert_nothing_written(out: Path) -> None:
+    """The output root holds at most the report folder and its lock: no run folder, no temp."""
+    if not out.exists():
+        return
+    found = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    allowed = {SLUG, f"{SLUG}/.lock"}
+    assert set(found) <= allowed, found
+
+
+def _fail_case(tmp_path: Path, config: dict[str, Any], code: int, *words: str) -> str:
+    """Run, assert the failure and that nothing was written; return the message."""
+    message = _assert_fails(_run(tmp_path, config), code, *words)
+    _assert_nothing_written(tmp_path / "out")
+    return message
+
+
+def _csv(tmp_path: Path, text: str, name: str = "tx.csv") -> Path:
+    """Write a UTF-8 CSV into tmp_path."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- the good case, so that the failures below are failures of the input alone -------------------
+
+
+def test_the_baseline_config_succeeds(tmp_path: Path) -> None:
+    """The minimal config of these tests runs: stdout lists the three files written."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    result = _run(tmp_path, {})
+
+    assert result.exit_code == 0, result.stderr
+    run_dir = tmp_path / "out" / SLUG / "2024-03-01"
+    written = [Path(line) for line in result.stdout.splitlines()]
+    assert {p.name for p in written} >= {"segments.parquet", "segments.csv", "summary.json"}
+    assert all(p.is_file() and run_dir in p.parents for p in written), written
+    assert not list((tmp_path / "out" / SLUG).glob(".tmp-*"))
+
+
+# --- locating and opening the input --------------------------------------------------------------
+
+
+def test_missing_input_file(tmp_path: Path) -> None:
+    """A path that does not exist: exit 4, the path named."""
+    _fail_case(tmp_path, {}, 4, "input.path", "file not found", str(tmp_path / "tx.csv"))
+
+
+def test_glob_matching_nothing(tmp_path: Path) -> None:
+    """A glob with no match: exit 4, the glob named."""
+    _fail_case(tmp_path, {"input": {"path": "parts/*.csv"}}, 4, "no file matches",
+               str(tmp_path / "parts" / "*.csv"))  # fmt: skip
+
+
+def test_folder_where_a_file_is_expected(tmp_path: Path) -> None:
+    """tx.csv is a folder (without data files): exit 4, the folder named."""
+    (tmp_path / "tx.csv").mkdir()
+    _fail_case(tmp_path, {}, 4, "input.path", str(tmp_path / "tx.csv"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc/self/mem")
+def test_file_that_fails_to_read(tmp_path: Path) -> None:
+    """A file whose read fails (EIO, even for root): exit 4, 'cannot read' and the file named."""
+    (tmp_path / "tx.csv").symlink_to("/proc/self/mem")
+    _fail_case(tmp_path, {}, 4, "cannot read", str(tmp_path / "tx.csv"))
+
+
+def test_unknown_format(tmp_path: Path) -> None:
+    """A .json file: exit 4, the suffix named and the known formats listed."""
+    (tmp_path / "tx.json").write_text("[]")
+    _fail_case(tmp_path, {"input": {"path": "tx.json"}}, 4, "cannot tell the format",
+               "tx.json", "'.json'", ".csv", ".parquet", ".xlsx", "input.format")  # fmt: skip
+
+
+def test_file_that_is_not_what_its_suffix_says(tmp_path: Path) -> None:
+    """Text in a .parquet file: exit 4, the file named."""
+    (tmp_path / "tx.parquet").write_text(HEADER + GOOD_ROWS)
+    _fail_case(tmp_path, {"input": {"path": "tx.parquet"}}, 4, str(tmp_path / "tx.parquet"))
+
+
+def test_corrupt_excel_file(tmp_path: Path) -> None:
+    """A .xlsx that is not a workbook: exit 4, the file named."""
+    (tmp_path / "tx.xlsx").write_text("not a zip archive")
+    _fail_case(tmp_path, {"input": {"path": "tx.xlsx"}}, 4, str(tmp_path / "tx.xlsx"))
+
+
+def test_empty_csv_file(tmp_path: Path) -> None:
+    """A 0-byte CSV: exit 4, the file named."""
+    path = _csv(tmp_path, "")
+    _fail_case(tmp_path, {}, 4, str(path))
+
+
+def _workbook(path: Path) -> None:
+    pl.DataFrame(
+        {"customer_id": ["a"], "order_id": ["1"], "order_date": [dt.datetime(2024, 3, 1)],
+         "amount": [1.0]}
+    ).write_excel(path, worksheet="Tx")  # fmt: skip
+
+
+@pytest.mark.parametrize("sheet", ["Nope", 3])
+def test_excel_sheet_that_does_not_exist(tmp_path: Path, sheet: str | int) -> None:
+    """A sheet name or position the workbook lacks: exit 4, the file named."""
+    _workbook(tmp_path / "tx.xlsx")
+    config = {"input": {"path": "tx.xlsx", "excel": {"sheet": sheet}}}
+    _fail_case(tmp_path, config, 4, str(tmp_path / "tx.xlsx"), "sheet")
+
+
+@pytest.mark.parametrize("sheet", ["Nope", 3])
+def test_excel_missing_sheet_message_names_the_setting_and_the_sheets(
+    tmp_path: Path, sheet: str | int
+) -> None:
+    """The message names input.excel.sheet and lists the workbook's sheets."""
+    _workbook(tmp_path / "tx.xlsx")
+    config = {"input": {"path": "tx.xlsx", "excel": {"sheet": sheet}}}
+    message = _fail_case(tmp_path, config, 4, "input.excel.sheet", "Tx")
+    assert "sheet_id" not in message
+
+
+def test_csv_with_more_fields_than_the_header(tmp_path: Path) -> None:
+    """A ragged line: exit 4, the file named."""
+    path = _csv(tmp_path, HEADER + GOOD_ROWS + "c,3,2024-03-01,1.00,oops\n")
+    _fail_case(tmp_path, {}, 4, str(path))
+
+
+def test_csv_with_more_fields_than_the_header_names_the_line(tmp_path: Path) -> None:
+    """A ragged line: the message names file:line."""
+    path = _csv(tmp_path, HEADER + GOOD_ROWS + "c,3,2024-03-01,1.00,oops\n")
+    _fail_case(tmp_path, {}, 4, f"{path}:4")
+
+
+# --- columns and values --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "missing"),
+    [
+        ({"columns": {"amount": "Betrag"}}, "input.columns.amount", "'Betrag'"),
+        ({"columns": {"customer_id": "CustomerID"}}, "input.columns.customer_id", "'CustomerID'"),
+        ({"attributes": ["Country"]}, "input.attributes[0]", "'Country'"),
+    ],
+)
+def test_mapped_column_that_does_not_exist(
+    tmp_path: Path, section: dict, key: str, missing: str
+) -> None:
+    """A mapped column not in the data: exit 4, the key, the column and the columns there are."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    _fail_case(tmp_path, {"input": section}, 4, "not found", key, missing,
+               "The data has: customer_id, order_id, order_date, amount")  # fmt: skip
+
+
+BAD_DATES = HEADER + (
+    "a,1,2024-03-01,10.00\n"
+    "b,2,01/03/2024,5.00\n"  # line 3
+    "c,3,2024-02-20,5.00\n"
+    "d,4,March 1st,7.00\n"  # line 5
+)
+
+
+def test_dates_matching_no_format(tmp_path: Path) -> None:
+    """Two unparseable dates: exit 4, their count, the column, the formats and the lines."""
+    _csv(tmp_path, BAD_DATES)
+    message = _fail_case(tmp_path, {"input": {"date_formats": ["%Y-%m-%d"]}}, 4,
+                         "2 dates in 'order_date'", "%Y-%m-%d", "first lines: 3, 5",
+                         "cleaning.unparseable_dates")  # fmt: skip
+    assert str(tmp_path / "tx.csv") in message
+
+
+def test_dates_matching_no_format_dropped_when_asked(tmp_path: Path) -> None:
+    """With cleaning.unparseable_dates: drop the run succeeds and the audit counts the rows."""
+    _csv(tmp_path, BAD_DATES)
+    config = {"input": {"date_formats": ["%Y-%m-%d"]}, "cleaning": {"unparseable_dates": "drop"}}
+    result = _run(tmp_path, config)
+
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / SLUG / "2024-03-01" / "summary.json").read_text())
+    rules = {r["rule"]: r for r in summary["audit"]["rules"]}
+    assert (rules["unparseable_date"]["rows"], rules["unparseable_date"]["revenue"]) == (2, 12.0)
+    assert [e["line"] for e in rules["unparseable_date"]["examples"]] == [3, 5]
+    assert summary["audit"]["rows_kept"] == 2
+    assert summary["audit"]["reconciles"] is True
+    assert summary["rfm"]["customers"] == 2
+
+
+def test_mix_of_zoned_and_naive_timestamps(tmp_path: Path) -> None:
+    """Some dates with an offset, some without: exit 4, both counts and the lines."""
+    _csv(tmp_path, HEADER + (
+        "a,1,2024-03-01T10:00:00+0100,10.00\n"
+        "b,2,2024-03-01 10:00:00,5.00\n"
+        "c,3,2024-03-02T10:00:00+0000,5.00\n"
+    ))  # fmt: skip
+    formats = ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S"]
+    _fail_case(tmp_path, {"input": {"date_formats": formats}}, 4, "'order_date'", "mixes",
+               "time zone (2)", "without one (1)", "first lines: 2, 4")  # fmt: skip
+
+
+def test_mix_of_zoned_and_naive_message_reads_well(tmp_path: Path) -> None:
+    """The message has no stray count in front of 'column'."""
+    _csv(tmp_path, HEADER + "a,1,2024-03-01T10:00:00+0100,10.00\nb,2,2024-03-01 10:00:00,5.00\n")
+    formats = ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S"]
+    message = _fail_case(tmp_path, {"input": {"date_formats": formats}}, 4, "mixes")
+    assert not re.search(r": \d+ column", message), message
+
+
+def test_undecodable_byte_in_a_utf8_csv(tmp_path: Path) -> None:
+    """A latin-1 byte in a file read as UTF-8: exit 4, the file and line named, a hint."""
+    path = tmp_path / "tx.csv"
+    path.write_bytes(
+        HEADER.replace("amount", "amount,name").encode()
+        + b"a,1,2024-03-01,10.00,Anna\n"
+        + b"b,2,2024-03-01,10.00,Ren\xe9\n"  # line 3
+        + b"c,3,2024-03-01,10.00,Zo\xeb\n"
+    )
+    _fail_case(tmp_path, {}, 4, f"{path}:3", "UTF-8", "input.csv.encoding")
+
+
+def test_undecodable_byte_in_the_header_line(tmp_path: Path) -> None:
+    """A latin-1 byte in the header of a UTF-8 CSV: exit 4, line 1 named."""
+    path = tmp_path / "tx.csv"
+    path.write_bytes(b"customer_id,order_id,order_date,amount,Stra\xdfe\na,1,2024-03-01,1.00,x\n")
+    _fail_case(tmp_path, {}, 4, f"{path}:1")
+
+
+def test_undecodable_byte_in_a_declared_encoding(tmp_path: Path) -> None:
+    """Byte 0x81 (undefined in cp1252) on line 4: exit 4, file:line, the byte and encoding."""
+    path = tmp_path / "tx.csv"
+    path.write_bytes(
+        HEADER.encode() + b"a,1,2024-03-01,10.00\nb,2,2024-03-01,5.00\nc\x81,3,2024-03-01,1.00\n"
+    )
+    _fail_case(tmp_path, {"input": {"csv": {"encoding": "cp1252"}}}, 4, f"{path}:4", "0x81",
+               "cp1252")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("section", "text", "words"),
+    [
+        ({}, "a,1,2024-03-01,abc\nb,2,2024-03-01,5.00\nc,3,2024-03-01,1.2.3\n",
+         ["2 values in 'amount' are not numbers", "first lines: 2, 4"]),
+        # a decimal comma in a file configured with the default '.': the hint names the setting
+        ({}, "a,1,2024-03-01,\"12,50\"\n", ["1 value", "'amount'", "first lines: 2",
+                                              "input.csv.decimal"]),
+    ],
+    ids=["garbage", "decimal-comma"],
+)
+def test_non_numeric_amounts(tmp_path: Path, section: dict, text: str, words: list[str]) -> None:
+    """Amounts that are not numbers: exit 4, their count, the column and the first lines."""
+    _csv(tmp_path, HEADER + text)
+    _fail_case(tmp_path, {"input": section}, 4, *words)
+
+
+def test_bad_value_in_the_second_of_several_files_names_that_file(tmp_path: Path) -> None:
+    """A bad amount on line 2 of p2.csv is reported as p2.csv line 2, not line 5 of the glob."""
+    _csv(tmp_path, HEADER + "a,1,2024-03-01,1.00\nb,2,2024-03-01,2.00\nc,3,2024-03-01,3.00\n",
+         name="p1.csv")  # fmt: skip
+    second = _csv(tmp_path, HEADER + "d,4,2024-03-01,abc\n", name="p2.csv")
+    message = _fail_case(tmp_path, {"input": {"path": "p*.csv"}}, 4, "'amount'", str(second))
+    assert "lines: 5" not in message, message
+
+
+def test_non_numeric_quantity_or_price(tmp_path: Path) -> None:
+    """quantity x unit_price with a bad quantity: exit 4, both columns named, the line."""
+    _csv(tmp_path, "customer_id,order_id,order_date,qty,price\n"
+                   "a,1,2024-03-01,2,1.00\nb,2,2024-03-01,two,1.00\n")  # fmt: skip
+    columns = {"amount": None, "quantity": "qty", "unit_price": "price"}
+    _fail_case(tmp_path, {"input": {"columns": columns}}, 4, "'qty/price'", "first lines: 3")
+
+
+def test_float_customer_id_beyond_2_to_the_53(tmp_path: Path) -> None:
+    """A Float64 id >= 2^53 in Parquet has lost digits: exit 4, the column and the rows named."""
+    pl.DataFrame(
+        {
+            "customer_id": [17850.0, 2.0**53, 12345.0, 2.0**60],
+            "order_id": ["1", "2", "3", "4"],
+            "order_date": [dt.datetime(2024, 3, 1)] * 4,
+            "amount": [1.0, 2.0, 3.0, 4.0],
+        }
+    ).write_parquet(tmp_path / "tx.parquet")
+    _fail_case(tmp_path, {"input": {"path": "tx.parquet"}}, 4, "2 customer ids",
+               "'customer_id'", "2^53", "first rows: 2, 4")  # fmt: skip
+
+
+def test_more_than_one_currency(tmp_path: Path) -> None:
+    """A currency column holding GBP and EUR: exit 4, both currencies named."""
+    _csv(tmp_path, "customer_id,order_id,order_date,amount,cur\n"
+                   "a,1,2024-03-01,1.00,GBP\nb,2,2024-03-01,1.00,EUR\n")  # fmt: skip
+    _fail_case(tmp_path, {"input": {"columns": {"currency": "cur"}}}, 4,
+               "more than one currency (EUR, GBP)")  # fmt: skip
+
+
+@pytest.mark.parametrize("currencies", [["GBP", "EUR"], ["EUR"]], ids=["mixed", "other"])
+def test_currency_messages_name_the_file_and_column(tmp_path: Path, currencies: list) -> None:
+    """Both currency errors name the file and the currency column."""
+    rows = "".join(f"{i},{i},2024-03-01,1.00,{c}\n" for i, c in enumerate(currencies))
+    path = _csv(tmp_path, "customer_id,order_id,order_date,amount,cur\n" + rows)
+    message = _fail_case(tmp_path, {"input": {"columns": {"currency": "cur"}}}, 4, str(path))
+    assert re.search(r"\bcur\b", message), message
+
+
+def test_currency_other_than_the_reports(tmp_path: Path) -> None:
+    """Data in EUR with report.currency GBP: exit 4, both named and the setting."""
+    _csv(tmp_path, "customer_id,order_id,order_date,amount,cur\na,1,2024-03-01,1.00,EUR\n")
+    _fail_case(tmp_path, {"input": {"columns": {"currency": "cur"}}}, 4, "EUR", "GBP",
+               "report.currency")  # fmt: skip
+
+
+# --- empty and stale -----------------------------------------------------------------------------
+
+
+def test_empty_table(tmp_path: Path) -> None:
+    """A CSV with a header only: exit 4, 'no rows' and the file named."""
+    path = _csv(tmp_path, HEADER)
+    _fail_case(tmp_path, {}, 4, "no rows", str(path))
+
+
+def test_table_empty_after_cleaning(tmp_path: Path) -> None:
+    """Only cancellation lines: exit 4, 'no transaction is left after cleaning'."""
+    _csv(tmp_path, HEADER + "a,C1,2024-03-01,-10.00\nb,C2,2024-03-02,-5.00\n")
+    _fail_case(tmp_path, {}, 4, "no transaction is left after cleaning")
+
+
+def test_table_empty_after_cleaning_names_the_rules(tmp_path: Path) -> None:
+    """The message names the rule that dropped every row and its count."""
+    _csv(tmp_path, HEADER + "a,C1,2024-03-01,-10.00\nb,C2,2024-03-02,-5.00\n")
+    message = _fail_case(tmp_path, {}, 4, "cancellation")
+    assert re.search(r"cancellation\W*2\b", message), message
+
+
+def test_table_empty_after_cleaning_with_a_fixed_as_of(tmp_path: Path) -> None:
+    """Every order after the as-of date: exit 4, the as-of date named."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    _fail_case(tmp_path, {"period": {"as_of": "2024-01-31"}}, 4,
+               "no transaction is left after cleaning", "2024-01-31")  # fmt: skip
+
+
+def test_stale_data(tmp_path: Path) -> None:
+    """The latest transaction 30 days before as_of with max_staleness_days 5: exit 4, 'stale'."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    period = {"as_of": "2024-03-31", "max_staleness_days": 5}
+    _fail_case(tmp_path, {"period": period}, 4, "stale", "2024-03-01", "30 days",
+               "2024-03-31", "max_staleness_days: 5")  # fmt: skip
+
+
+def test_stale_data_from_the_as_of_flag(tmp_path: Path) -> None:
+    """--as-of 30 days after the data with max_staleness_days 5: exit 4, 'stale'."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    result = _run(tmp_path, {"period": {"max_staleness_days": 5}}, "--as-of", "2024-03-31")
+    _assert_fails(result, 4, "stale", "30 days")
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_staleness_at_the_limit_is_accepted(tmp_path: Path) -> None:
+    """Exactly max_staleness_days old is not stale: the run succeeds."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    result = _run(tmp_path, {"period": {"as_of": "2024-03-06", "max_staleness_days": 5}})
+
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "out" / SLUG / "2024-03-06" / "summary.json").is_file()
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("segment_map", "words"),
+    [
+        ({"Champions": ["5**"]}, ["segment map refused", "100 score codes have no segment",
+                                  "111"]),
+        ({"Everyone": ["*"], "Best": ["555"]}, ["segment map refused",
+                                                 "1 score code has more than one segment",
+                                                 "555 -> Best / Everyone"]),
+    ],
+    ids=["gap", "overlap"],
+)  # fmt: skip
+def test_invalid_segment_map(tmp_path: Path, segment_map: dict, words: list[str]) -> None:
+    """A segment map with a gap or an overlap: exit 3, the codes named, the key located."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    _fail_case(tmp_path, {"rfm": {"segment_map": segment_map}}, 3, "rfm.segment_map", *words)
+
+
+def test_invalid_segment_map_file(tmp_path: Path) -> None:
+    """A segment map CSV missing a score code: exit 3."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    rows = [f"{r},{f},{m},Everyone" for r in "12345" for f in "12345" for m in "12345"]
+    (tmp_path / "map.csv").write_text("r_score,f_score,m_score,segment\n" + "\n".join(rows[1:]))
+    _fail_case(tmp_path, {"rfm": {"segment_map": "map.csv"}}, 3, "rfm.segment_map",
+               "1 score code has no segment (e.g. 111)")  # fmt: skip
+
+
+def test_bad_config_values_are_all_reported_with_their_lines(tmp_path: Path) -> None:
+    """Two bad values: exit 3, each with file:line and dotted key, and the count."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "report:\n"
+        "  slug: shop\n"
+        "input:\n"
+        "  path: tx.csv\n"
+        "cleaning:\n"
+        "  returns: maybe\n"
+        "period:\n"
+        "  window_days: 0\n"
+    )
+    _assert_fails(_run(tmp_path, config), 3, "invalid configuration",
+                  f"{config}:6: cleaning.returns", "'maybe'",
+                  f"{config}:8: period.window_days", "2 problems")  # fmt: skip
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_unknown_config_key(tmp_path: Path) -> None:
+    """A misspelt key: exit 3, the key named."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    _fail_case(tmp_path, {"period": {"windows_days": 30}}, 3, "period.windows_days",
+               "unknown key")  # fmt: skip
+
+
+def test_bad_as_of_flag_is_a_usage_error(tmp_path: Path) -> None:
+    """--as-of that is no date nor keyword: exit 2, the value named."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    result = _run(tmp_path, {}, "--as-of", "31/03/2024")
+
+    assert result.exit_code == 2
+    assert "'31/03/2024'" in result.stderr and "YYYY-MM-DD" in result.stderr
+    assert "Traceback" not in result.stderr
+    _assert_nothing_written(tmp_path / "out")
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def test_output_folder_under_a_regular_file(tmp_path: Path) -> None:
+    """--output below a regular file: exit 6, the folder named, the file untouched."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me")
+    config = _write_config(tmp_path, {})
+    out = blocker / "out"
+    result = CliRunner().invoke(cli, ["run", "--config", str(config), "--output", str(out)])
+
+    _assert_fails(result, 6, "not writable", str(out / SLUG), "--output")
+    assert blocker.read_text() == "keep me"
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_run_while_another_holds_the_lock(tmp_path: Path) -> None:
+    """A held lock: exit 7, and the earlier run folder and the holder's temp folder untouched."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    assert _run(tmp_path, {}).exit_code == 0
+    report_dir = tmp_path / "out" / SLUG
+    earlier = _snapshot(report_dir / "2024-03-01")
+    holders_tmp = report_dir / ".tmp-999999"  # what the lock holder is writing right now
+    holders_tmp.mkdir()
+    (holders_tmp / "summary.json").write_text("{}")
+    _csv(tmp_path, HEADER + GOOD_ROWS + "c,3,2024-03-01,99.00\n")  # new data, same as_of
+
+    with FileLock(report_dir / ".lock", timeout=0):
+        result = _run(tmp_path, {})
+        _assert_fails(result, 7, "another reportgen run", str(report_dir), ".lock")
+
+    assert _snapshot(report_dir / "2024-03-01") == earlier
+    assert (holders_tmp / "summary.json").read_text() == "{}"
+    assert sorted(p.name for p in report_dir.iterdir() if p.is_dir()) == [
+        ".tmp-999999", "2024-03-01",
+    ]  # fmt: skip
