@@ -75,6 +75,7 @@ def build_summary(report: Report) -> dict[str, Any]:
         },
         "period": _period_part(report),
         "audit": _audit_part(report),
+        "eda": {"monthly": _monthly_part(report)},
         "rfm": _rfm_part(report.rfm),
         "versions": report.versions,
     }
@@ -133,6 +134,14 @@ def _audit_part(report: Report) -> dict[str, Any]:
         "missing_values": audit.missing_values,
         "returns_policy": report.config.cleaning.returns,
     }
+
+
+def _monthly_part(report: Report) -> list[dict[str, Any]]:
+    digits = report.rfm.minor_digits
+    rows = report.eda.monthly.to_dicts()
+    for row in rows:
+        row["revenue"] = _money(row.pop("revenue_minor"), digits)
+    return rows
 
 
 def _rfm_part(rfm: RfmTable) -> dict[str, Any]:

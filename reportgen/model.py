@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .clean import CleaningAudit
 from .config import Config
+from .eda import Eda
 from .grid import SegmentMap
 from .period import Period
 from .read import Source
@@ -21,6 +22,7 @@ class Report:
     source: Source
     period: Period
     audit: CleaningAudit
+    eda: Eda
     rfm: RfmTable
     segment_map: SegmentMap
     data_fingerprint: str

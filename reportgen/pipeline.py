@@ -17,6 +17,7 @@ import polars as pl
 
 from .clean import Cleaned, CleaningAudit, annotate, audit_queries, build_audit
 from .config import Config, load_config
+from .eda import build_eda, eda_queries
 from .errors import InputDataError
 from .export import write_exports
 from .grid import load_segment_map
@@ -89,6 +90,7 @@ def compute_report(
         source=tx.source,
         period=period,
         audit=audit,
+        eda=build_eda(results),
         rfm=rfm,
         segment_map=segment_map,
         data_fingerprint=_fingerprint(tx.source.columns, audit, rfm),
@@ -104,7 +106,7 @@ def _quiet(_: str) -> None:
 def _collect(cleaned: Cleaned, config: Config) -> dict[str, pl.DataFrame]:
     """One collect for everything read from the transactions (shared scan and cleaning)."""
     examples = config.cleaning.examples_per_rule
-    queries = audit_queries(cleaned, examples) | {"rfm": rfm_query(cleaned)}
+    queries = audit_queries(cleaned, examples) | eda_queries(cleaned) | {"rfm": rfm_query(cleaned)}
     try:
         frames = pl.collect_all(list(queries.values()))
     except pl.exceptions.ComputeError as exc:

@@ -49,7 +49,7 @@ def rfm_query(cleaned: Cleaned) -> pl.LazyFrame:
     lines = cleaned.frame.filter(
         pl.col(REASON).is_null() | pl.col(REASON).is_in(["before_window", "cancellation"])
     ).with_columns(_line_flags(cleaned))
-    orders = lines.group_by("customer_id", _order_key(cleaned)).agg(
+    orders = lines.group_by("customer_id", order_key(cleaned).alias("_order")).agg(
         pl.col("amount_minor").filter("_kept").sum().alias("value"),
         pl.col("amount_minor").filter("_purchase").sum().alias("gross"),
         (-pl.col("amount_minor")).filter("_returned").sum().alias("returned"),
@@ -86,11 +86,11 @@ def _line_flags(cleaned: Cleaned) -> list[pl.Expr]:
     ]
 
 
-def _order_key(cleaned: Cleaned) -> pl.Expr:
-    """Without order ids, an order is one customer's purchases on one calendar day."""
+def order_key(cleaned: Cleaned) -> pl.Expr:
+    """What identifies an order: its id, or without ids, the customer and the calendar day."""
     if cleaned.transactions.has_order_id:
-        return pl.col("order_id").alias("_order")
-    return pl.col("order_date").cast(pl.String).alias("_order")
+        return pl.col("order_id")
+    return pl.concat_str(pl.col("customer_id"), pl.col("order_date").cast(pl.String), separator="|")
 
 
 def finish_rfm(
