@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -65,6 +66,14 @@ class ReportSection(_Section):
     company: str = Field("", description="Company name shown on the title page.")
     currency: str = Field("GBP", description="ISO 4217 code of the amounts.")
     locale: str = Field("en_GB", description="Locale for numbers, money and dates (e.g. de_DE).")
+    templates_dir: str | None = Field(
+        None, description="Folder of templates overriding ours by file name (the rest fall back)."
+    )
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _resolve_templates(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _resolve_path(value, info)
 
     @field_validator("currency")
     @classmethod
@@ -363,6 +372,32 @@ class PlaybookEntry(_Section):
     kpi: str | None = Field(None, description="The number that shows it worked.")
     holdout: str | None = Field(None, description="The control group to keep.")
 
+    @field_validator("*")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty (leave the key out to keep the default text)")
+        return value.strip() if value is not None else None
+
+
+def _known_segment_name(name: str, info: ValidationInfo) -> str:
+    """A playbook key must be one of the 11 names, or a name of the configured segment map."""
+    from .playbook import unknown_names, unknown_names_message
+
+    rfm = (info.data or {}).get("rfm")
+    extra: list[str] = []
+    if isinstance(rfm, RfmSection) and rfm.segment_map != "builtin":
+        from .grid import load_segment_map
+
+        extra = load_segment_map(rfm.segment_map).names
+    if unknown_names([name], extra):
+        message = unknown_names_message([name], extra)
+        raise ValueError(message.split(": ", 1)[1])  # the location already names the key
+    return name
+
+
+PlaybookName = Annotated[str, AfterValidator(_known_segment_name)]
+
 
 class OutputSection(_Section):
     """Where the run folders go."""
@@ -391,7 +426,7 @@ class Config(_Section):
     segmentation: SegmentationSection = Field(
         default_factory=SegmentationSection, description="Clustering into segments."
     )
-    playbook: dict[str, PlaybookEntry] = Field(
+    playbook: dict[PlaybookName, PlaybookEntry] = Field(
         default_factory=dict, description="Per segment name, overrides of the default actions."
     )
     output: OutputSection = Field(default_factory=OutputSection, description="Output folders.")
