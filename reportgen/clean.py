@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from .config import CleaningSection
+from .errors import InputDataError
 from .period import PeriodRequest
 from .read import FILE, ROW, SOURCE_PREFIX, Transactions
 
@@ -110,6 +111,12 @@ def _duplicate_flag(tx: Transactions, cfg: CleaningSection) -> pl.Expr:
     if cfg.duplicates == "off":
         return pl.lit(False)
     names = tx.source.columns if cfg.duplicates == "all" else cfg.duplicates
+    unknown = [n for n in names if n not in tx.source.columns]
+    if unknown:
+        raise InputDataError(
+            f"{tx.source.location}: cleaning.duplicates names column(s) not in the data: "
+            f"{', '.join(unknown)}. The data has: {', '.join(tx.source.columns)}"
+        )
     return ~pl.struct([pl.col(SOURCE_PREFIX + c) for c in names]).is_first_distinct()
 
 

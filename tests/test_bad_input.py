@@ -522,3 +522,10 @@ def test_run_while_another_holds_the_lock(tmp_path: Path) -> None:
     assert sorted(p.name for p in report_dir.iterdir() if p.is_dir()) == [
         ".tmp-999999", "2024-03-01",
     ]  # fmt: skip
+
+
+def test_duplicate_key_naming_a_missing_column(tmp_path: Path) -> None:
+    """cleaning.duplicates listing a column the data lacks: exit 4, the column named."""
+    _csv(tmp_path, HEADER + GOOD_ROWS)
+    _fail_case(tmp_path, {"cleaning": {"duplicates": ["order_id", "sku"]}}, 4,
+               "cleaning.duplicates", "sku", "The data has: customer_id")  # fmt: skip
