@@ -87,10 +87,9 @@ class Cleaned:
 
 def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> Cleaned:
     """Add the cleaning decision of every row (lazily) and the period's `as_of`."""
-    frame = tx.frame.with_columns(
+    frame = _flag_duplicates(tx, cfg).with_columns(
         pl.col("order_ts").dt.date().alias("order_date"),
         _is_return(tx, cfg).alias(IS_RETURN),
-        _duplicate_flag(tx, cfg).alias("_duplicate"),
     )
     frame = frame.with_columns(_content_reason(cfg).alias(REASON))
     frame = frame.with_columns(_as_of_expr(period).alias(AS_OF))
@@ -107,9 +106,15 @@ def _is_return(tx: Transactions, cfg: CleaningSection) -> pl.Expr:
     return (pl.col("amount_minor") < 0).fill_null(False)
 
 
-def _duplicate_flag(tx: Transactions, cfg: CleaningSection) -> pl.Expr:
+def _flag_duplicates(tx: Transactions, cfg: CleaningSection) -> pl.LazyFrame:
+    """`_duplicate`: the row repeats an earlier one in every compared source column.
+
+    Comparing whole rows is the costliest step of the engine, so rows are first hashed and only
+    those whose hash occurs more than once are compared exactly (a hash collision can therefore
+    never drop a row); the verdicts are joined back by row position.
+    """
     if cfg.duplicates == "off":
-        return pl.lit(False)
+        return tx.frame.with_columns(pl.lit(False).alias("_duplicate"))
     names = tx.source.columns if cfg.duplicates == "all" else cfg.duplicates
     unknown = [n for n in names if n not in tx.source.columns]
     if unknown:
@@ -117,7 +122,18 @@ def _duplicate_flag(tx: Transactions, cfg: CleaningSection) -> pl.Expr:
             f"{tx.source.location}: cleaning.duplicates names column(s) not in the data: "
             f"{', '.join(unknown)}. The data has: {', '.join(tx.source.columns)}"
         )
-    return ~pl.struct([pl.col(SOURCE_PREFIX + c) for c in names]).is_first_distinct()
+    row = pl.struct([pl.col(SOURCE_PREFIX + c) for c in names])
+    frame = tx.frame.with_columns(row.hash(seed=0).alias("_hash"))
+    repeats = (
+        frame.filter(pl.col("_hash").is_duplicated())
+        .filter(~row.is_first_distinct())
+        .select(FILE, ROW, pl.lit(True).alias("_duplicate"))
+    )
+    return (
+        frame.join(repeats, on=[FILE, ROW], how="left", maintain_order="left")
+        .with_columns(pl.col("_duplicate").fill_null(False))
+        .drop("_hash")
+    )
 
 
 def _content_reason(cfg: CleaningSection) -> pl.Expr:
