@@ -195,6 +195,7 @@ def test_defaults_of_a_minimal_config(tmp_path):
         "company": "",
         "currency": "GBP",
         "locale": "en_GB",
+        "templates_dir": None,
     }
     assert config.input.path == str(base / "tx.csv")
     assert config.input.format == "auto"
