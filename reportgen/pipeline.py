@@ -17,14 +17,14 @@ import polars as pl
 
 from .clean import Cleaned, CleaningAudit, annotate, audit_queries, build_audit
 from .config import Config, load_config
-from .eda import build_eda, eda_queries
+from .eda import Eda, build_eda, eda_queries
 from .errors import InputDataError
 from .export import write_exports
-from .grid import load_segment_map
+from .grid import SegmentMap, load_segment_map
 from .model import Report
 from .output import prepare_report_dir, report_lock, write_run_folder
 from .period import Period, PeriodRequest, request_period, window_start
-from .read import FILE, ROW, located_read_error, read_transactions
+from .read import FILE, ROW, Source, located_read_error, read_transactions
 from .rfm import RfmTable, finish_rfm, rfm_query
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,18 @@ def run(
     return RunResult(report, report_dir / report.run_name, paths)
 
 
+@dataclass(frozen=True)
+class RfmStage:
+    """What the transactions give: the period, the audit, the EDA tables and the RFM table."""
+
+    source: Source
+    period: Period
+    audit: CleaningAudit
+    eda: Eda
+    rfm: RfmTable
+    segment_map: SegmentMap
+
+
 def compute_report(
     config: Config,
     as_of: str | dt.date | None = None,
@@ -68,8 +80,32 @@ def compute_report(
 ) -> Report:
     """Every stage from the transactions to the Report model; writes nothing."""
     stage = stage or _quiet
+    facts = compute_rfm_stage(config, as_of, now, stage)
+    return Report(
+        config=config,
+        source=facts.source,
+        period=facts.period,
+        audit=facts.audit,
+        eda=facts.eda,
+        rfm=facts.rfm,
+        segment_map=facts.segment_map,
+        data_fingerprint=_fingerprint(facts),
+        generated_at=generated_at(now),
+        versions=_versions(),
+    )
+
+
+def compute_rfm_stage(
+    config: Config,
+    as_of: str | dt.date | None = None,
+    now: dt.datetime | None = None,
+    stage: Stage | None = None,
+) -> RfmStage:
+    """Read, clean and aggregate the transactions in one collect; score and name customers."""
+    stage = stage or _quiet
     stage("Reading the transactions")
     request = request_period(config.period, as_of, now)
+    segment_map = load_segment_map(config.rfm.segment_map)
     tx = read_transactions(config.input, config.report.currency, config.period.timezone)
     cleaned = annotate(tx, config.cleaning, request)
     stage("Cleaning and computing RFM")
@@ -80,23 +116,9 @@ def compute_report(
         tx.release()
     audit = build_audit(results, cleaned)
     period = _resolved_period(results["totals"].row(0, named=True), request, audit)
-    segment_map = load_segment_map(config.rfm.segment_map)
-    rfm = finish_rfm(
-        results["rfm"], config.rfm, segment_map, tx.minor_digits, period.window_start
-    )
+    rfm = finish_rfm(results["rfm"], config.rfm, segment_map, tx.minor_digits, period.window_start)
     _check_not_empty(audit, rfm)
-    return Report(
-        config=config,
-        source=tx.source,
-        period=period,
-        audit=audit,
-        eda=build_eda(results),
-        rfm=rfm,
-        segment_map=segment_map,
-        data_fingerprint=_fingerprint(tx.source.columns, audit, rfm),
-        generated_at=generated_at(now),
-        versions=_versions(),
-    )
+    return RfmStage(tx.source, period, audit, build_eda(results), rfm, segment_map)
 
 
 def _quiet(_: str) -> None:
@@ -209,8 +231,9 @@ def _check_not_empty(audit: CleaningAudit, rfm: RfmTable) -> None:
     )
 
 
-def _fingerprint(columns: tuple[str, ...], audit: CleaningAudit, rfm: RfmTable) -> str:
+def _fingerprint(stage: RfmStage) -> str:
     """A content hash of what was read: same data, same fingerprint, on any machine."""
+    columns, audit, rfm = stage.source.columns, stage.audit, stage.rfm
     facts = {
         "columns": list(columns),
         "rows": audit.rows_read,
