@@ -23,7 +23,7 @@ from .errors import (
 from .grid import SegmentMap, load_segment_map
 from .model import Report
 from .period import Period, request_period
-from .pipeline import RunResult, compute_report, run
+from .pipeline import RfmStage, RunResult, compute_report, compute_rfm_stage, run
 from .read import Transactions, read_transactions
 from .rfm import RfmTable
 
@@ -37,12 +37,14 @@ __all__ = [
     "Period",
     "Report",
     "ReportgenError",
+    "RfmStage",
     "RfmTable",
     "RunResult",
     "SegmentMap",
     "Transactions",
     "annotate",
     "compute_report",
+    "compute_rfm_stage",
     "config_from_dict",
     "load_config",
     "load_segment_map",

@@ -358,6 +358,13 @@ class SegmentationSection(_Section):
                 f"min_k..max_k ({self.min_k}..{self.max_k}) does not overlap k_range "
                 f"({low}..{high}): no k could be chosen; widen one of them"
             )
+        smallest_k = max(self.min_k, low)
+        if self.k == "auto" and self.min_segment_share * smallest_k > 1:
+            raise ValueError(
+                f"min_segment_share ({self.min_segment_share:.0%}) times the smallest k allowed "
+                f"({smallest_k}) exceeds 100%: no k can give every segment that share; lower "
+                f"min_segment_share below {1 / smallest_k:.0%}"
+            )
         return self
 
 

@@ -17,6 +17,7 @@ import polars as pl
 
 from .model import Report
 from .rfm import RfmTable
+from .segment import segment_columns, segmentation_summary
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,14 @@ _MONEY = {
 _EXPORT_COLUMNS = [
     "customer_id", "recency_days", "frequency", "monetary", "first_order", "last_order",
     "tenure_days", "avg_order_value", "returned_value", "return_rate",
-    "r_score", "f_score", "m_score", "rfm_score", "rfm_grid_segment",
+    "r_score", "f_score", "m_score", "rfm_score", "rfm_grid_segment", "segment", "outlier",
 ]  # fmt: skip
 
 
 def write_exports(report: Report, folder: Path) -> list[Path]:
     """Write every export of the report into `folder`; return the paths."""
-    table = export_table(report.rfm, report.config.input.attributes)
+    segments = segment_columns(report.segmentation, report.rfm)
+    table = export_table(report.rfm, segments, report.config.input.attributes)
     parquet, csv, summary = folder / "segments.parquet", folder / "segments.csv", folder / "summary.json"
     table.write_parquet(parquet, statistics=False)
     _write_csv(table, csv, bom=report.config.output.csv_bom)
@@ -43,10 +45,10 @@ def write_exports(report: Report, folder: Path) -> list[Path]:
     return [parquet, csv, summary]
 
 
-def export_table(rfm: RfmTable, attributes: list[str]) -> pl.DataFrame:
+def export_table(rfm: RfmTable, segments: pl.DataFrame, attributes: list[str]) -> pl.DataFrame:
     """The per-customer export: money as exact decimals, sorted by customer_id."""
     money = pl.Decimal(38, rfm.minor_digits)
-    frame = rfm.frame.with_columns(
+    frame = rfm.frame.join(segments, on="customer_id", how="left").with_columns(
         (pl.col(src).cast(money) / 10**rfm.minor_digits).cast(money).alias(dst)
         for src, dst in _MONEY.items()
     )
@@ -77,6 +79,7 @@ def build_summary(report: Report) -> dict[str, Any]:
         "audit": _audit_part(report),
         "eda": {"monthly": _monthly_part(report)},
         "rfm": _rfm_part(report.rfm),
+        "segmentation": segmentation_summary(report.segmentation),
         "versions": report.versions,
     }
 

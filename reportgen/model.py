@@ -12,6 +12,7 @@ from .grid import SegmentMap
 from .period import Period
 from .read import Source
 from .rfm import RfmTable
+from .segment import Segmentation
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Report:
     eda: Eda
     rfm: RfmTable
     segment_map: SegmentMap
+    segmentation: Segmentation
     data_fingerprint: str
     generated_at: dt.datetime
     versions: dict[str, str]

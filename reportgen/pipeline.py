@@ -26,6 +26,7 @@ from .output import prepare_report_dir, report_lock, write_run_folder
 from .period import Period, PeriodRequest, request_period, window_start
 from .read import FILE, ROW, Source, located_read_error, read_transactions
 from .rfm import RfmTable, finish_rfm, rfm_query
+from .segment import segment_customers
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ def compute_report(
     """Every stage from the transactions to the Report model; writes nothing."""
     stage = stage or _quiet
     facts = compute_rfm_stage(config, as_of, now, stage)
+    stage("Segmenting customers")
+    segmentation = segment_customers(facts.rfm, config.segmentation, config.playbook, config.seed)
     return Report(
         config=config,
         source=facts.source,
@@ -89,6 +92,7 @@ def compute_report(
         eda=facts.eda,
         rfm=facts.rfm,
         segment_map=facts.segment_map,
+        segmentation=segmentation,
         data_fingerprint=_fingerprint(facts),
         generated_at=generated_at(now),
         versions=_versions(),

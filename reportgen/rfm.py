@@ -110,6 +110,7 @@ def _derive(frame: pl.DataFrame, cfg: RfmSection) -> pl.DataFrame:
     as_of = pl.col(AS_OF)
     avg = _divide_rounded(pl.col("monetary_minor"), pl.col("frequency"))
     frame = frame.with_columns(
+        pl.col("monetary_minor").alias("revenue_minor"),  # total spend, whatever monetary means
         (as_of - pl.col("last_order")).dt.total_days().cast(pl.Int64).alias("recency_days"),
         (as_of - pl.col("first_order")).dt.total_days().cast(pl.Int64).alias("tenure_days"),
         avg.alias("avg_order_value_minor"),

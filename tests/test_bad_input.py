@@ -23,6 +23,20 @@ HEADER = "customer_id,order_id,order_date,amount\n"
 GOOD_ROWS = "a,1,2024-03-01,10.00\nb,2,2024-02-20,5.00\n"
 
 
+def _crowd_rows(customers: int = 40) -> str:
+    """Enough varied customers (before 2024-03-01) for the segmentation of a successful run."""
+    lines = []
+    for c in range(customers):
+        for order in range(1 + c % 5):
+            day = 1 + (c * 7 + order * 3) % 28
+            lines.append(f"crowd{c:02d},X{c:02d}{order},2024-02-{day:02d},{5 + (c * 37) % 300}.50")
+    return "\n".join(lines) + "\n"
+
+
+CROWD = _crowd_rows()
+CROWD_ROWS, CROWD_CUSTOMERS = CROWD.count("\n"), 40
+
+
 def _write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
     """config.yaml in tmp_path: the given sections over a minimal valid config reading tx.csv."""
     data: dict[str, Any] = {"report": {"slug": SLUG}, "input": {"path": "tx.csv"}}
@@ -82,7 +96,7 @@ def _csv(tmp_path: Path, text: str, name: str = "tx.csv") -> Path:
 
 def test_the_baseline_config_succeeds(tmp_path: Path) -> None:
     """The minimal config of these tests runs: stdout lists the three files written."""
-    _csv(tmp_path, HEADER + GOOD_ROWS)
+    _csv(tmp_path, HEADER + GOOD_ROWS + CROWD)
     result = _run(tmp_path, {})
 
     assert result.exit_code == 0, result.stderr
@@ -222,7 +236,7 @@ def test_dates_matching_no_format(tmp_path: Path) -> None:
 
 def test_dates_matching_no_format_dropped_when_asked(tmp_path: Path) -> None:
     """With cleaning.unparseable_dates: drop the run succeeds and the audit counts the rows."""
-    _csv(tmp_path, BAD_DATES)
+    _csv(tmp_path, BAD_DATES + CROWD)
     config = {"input": {"date_formats": ["%Y-%m-%d"]}, "cleaning": {"unparseable_dates": "drop"}}
     result = _run(tmp_path, config)
 
@@ -231,9 +245,9 @@ def test_dates_matching_no_format_dropped_when_asked(tmp_path: Path) -> None:
     rules = {r["rule"]: r for r in summary["audit"]["rules"]}
     assert (rules["unparseable_date"]["rows"], rules["unparseable_date"]["revenue"]) == (2, 12.0)
     assert [e["line"] for e in rules["unparseable_date"]["examples"]] == [3, 5]
-    assert summary["audit"]["rows_kept"] == 2
+    assert summary["audit"]["rows_kept"] == 2 + CROWD_ROWS
     assert summary["audit"]["reconciles"] is True
-    assert summary["rfm"]["customers"] == 2
+    assert summary["rfm"]["customers"] == 2 + CROWD_CUSTOMERS
 
 
 def test_mix_of_zoned_and_naive_timestamps(tmp_path: Path) -> None:
@@ -404,7 +418,7 @@ def test_stale_data_from_the_as_of_flag(tmp_path: Path) -> None:
 
 def test_staleness_at_the_limit_is_accepted(tmp_path: Path) -> None:
     """Exactly max_staleness_days old is not stale: the run succeeds."""
-    _csv(tmp_path, HEADER + GOOD_ROWS)
+    _csv(tmp_path, HEADER + GOOD_ROWS + CROWD)
     result = _run(tmp_path, {"period": {"as_of": "2024-03-06", "max_staleness_days": 5}})
 
     assert result.exit_code == 0, result.stderr
@@ -504,14 +518,14 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 def test_run_while_another_holds_the_lock(tmp_path: Path) -> None:
     """A held lock: exit 7, and the earlier run folder and the holder's temp folder untouched."""
-    _csv(tmp_path, HEADER + GOOD_ROWS)
+    _csv(tmp_path, HEADER + GOOD_ROWS + CROWD)
     assert _run(tmp_path, {}).exit_code == 0
     report_dir = tmp_path / "out" / SLUG
     earlier = _snapshot(report_dir / "2024-03-01")
     holders_tmp = report_dir / ".tmp-999999"  # what the lock holder is writing right now
     holders_tmp.mkdir()
     (holders_tmp / "summary.json").write_text("{}")
-    _csv(tmp_path, HEADER + GOOD_ROWS + "c,3,2024-03-01,99.00\n")  # new data, same as_of
+    _csv(tmp_path, HEADER + GOOD_ROWS + CROWD + "c,3,2024-03-01,99.00\n")  # new data, same as_of
 
     with FileLock(report_dir / ".lock", timeout=0):
         result = _run(tmp_path, {})

@@ -1,6 +1,6 @@
 """Reading: CSV, Parquet and Excel sources mapped to the canonical schema, checked through RFM.
 
-Every test writes a tiny hand-made source into `tmp_path`, runs `compute_report` (nothing is
+Every test writes a tiny hand-made source into `tmp_path`, runs `compute_rfm_stage` (nothing is
 written) and compares the per-customer RFM values with the exact figures worked out by hand.
 """
 
@@ -69,7 +69,7 @@ def test_csv_separator_encoding_decimal_comma_and_date_formats(
     """`;`, a non-UTF-8 encoding, `12,50` and two date formats read to exact RFM values."""
     (tmp_path / "tx.csv").write_bytes(GERMAN_CSV.format(name=name).encode(encoding))
     options = GERMAN_INPUT | {"csv": GERMAN_INPUT["csv"] | {"encoding": encoding}}
-    report = reportgen.compute_report(_config(tmp_path, "tx.csv", input_=options))
+    report = reportgen.compute_rfm_stage(_config(tmp_path, "tx.csv", input_=options))
 
     assert report.period.as_of == _d("2024-02-05")
     assert _rows(report, "Land") == [
@@ -90,7 +90,7 @@ def test_transcoded_copy_is_removed_after_the_run(
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     options = GERMAN_INPUT | {"csv": GERMAN_INPUT["csv"] | {"encoding": "latin-1"}}
-    report = reportgen.compute_report(_config(tmp_path, "tx.csv", input_=options))
+    report = reportgen.compute_rfm_stage(_config(tmp_path, "tx.csv", input_=options))
 
     assert report.rfm.frame.height == 2
     assert list(scratch.iterdir()) == []
@@ -104,7 +104,7 @@ def test_csv_date_formats_are_tried_in_order(tmp_path: Path) -> None:
         "b,2,04/13/2024,1.00\n"  # only %m/%d/%Y matches: 13 April
     )
     config = _config(tmp_path, "tx.csv", input_={"date_formats": ["%d/%m/%Y", "%m/%d/%Y"]})
-    frame = reportgen.compute_report(config).rfm.frame
+    frame = reportgen.compute_rfm_stage(config).rfm.frame
 
     assert frame.select("customer_id", "last_order").rows() == [
         ("a", _d("2024-04-03")),
@@ -122,7 +122,7 @@ def test_csv_ids_keep_leading_zeros_and_lose_float_suffix(tmp_path: Path) -> Non
         "17850,4,2024-01-01,4.00\n"
         " 0042 ,5,2024-01-01,5.00\n"
     )
-    frame = reportgen.compute_report(_config(tmp_path, "tx.csv")).rfm.frame
+    frame = reportgen.compute_rfm_stage(_config(tmp_path, "tx.csv")).rfm.frame
 
     assert frame.select("customer_id", "frequency", "monetary_minor").rows() == [
         ("00123", 1, 100),
@@ -138,7 +138,7 @@ def test_csv_glob_reads_every_file_as_one_table(tmp_path: Path) -> None:
     header = "customer_id,order_id,order_date,amount\n"
     (tmp_path / "jan.csv").write_text(header + "a,1,2024-01-05,1.00\nb,2,2024-01-06,2.00\n")
     (tmp_path / "feb.csv").write_text(header + "a,3,2024-02-01,4.00\n")
-    report = reportgen.compute_report(_config(tmp_path, "*.csv"))
+    report = reportgen.compute_rfm_stage(_config(tmp_path, "*.csv"))
 
     assert len(report.source.files) == 2
     assert _rows(report) == [
@@ -159,7 +159,7 @@ def test_csv_zoned_timestamps_are_converted_to_the_period_timezone(tmp_path: Pat
         input_={"date_formats": ["%Y-%m-%dT%H:%M:%S%z"]},
         period={"timezone": "Europe/Berlin"},
     )  # fmt: skip
-    frame = reportgen.compute_report(config).rfm.frame
+    frame = reportgen.compute_rfm_stage(config).rfm.frame
 
     assert frame.select("customer_id", "last_order", "recency_days").rows() == [
         ("a", _d("2024-01-02"), 1),
@@ -194,7 +194,7 @@ PARQUET_EXPECTED = [
 def test_parquet_single_file_with_float_customer_ids(tmp_path: Path) -> None:
     """A Float64 id column reads as '17850', not '17850.0'; 0.1 + 0.2 sums to exactly 30."""
     _parquet_frame().write_parquet(tmp_path / "tx.parquet")
-    report = reportgen.compute_report(_config(tmp_path, "tx.parquet"))
+    report = reportgen.compute_rfm_stage(_config(tmp_path, "tx.parquet"))
 
     assert report.source.format == "parquet"
     assert _rows(report) == PARQUET_EXPECTED
@@ -206,7 +206,7 @@ def test_parquet_float_ids_just_below_2_to_the_53_are_exact(tmp_path: Path) -> N
         pl.Series("customer_id", [2.0**53 - 1, 2.0**53 - 1, 1.0, 1.0])
     )
     frame.write_parquet(tmp_path / "tx.parquet")
-    report = reportgen.compute_report(_config(tmp_path, "tx.parquet"))
+    report = reportgen.compute_rfm_stage(_config(tmp_path, "tx.parquet"))
 
     assert report.rfm.frame["customer_id"].to_list() == ["1", "9007199254740991"]
 
@@ -220,7 +220,7 @@ def test_parquet_folder_and_glob_read_every_file(tmp_path: Path, path: str) -> N
     frame.slice(1, 2).write_parquet(tmp_path / "parts" / "b.parquet")
     frame.tail(1).write_parquet(tmp_path / "parts" / "2024" / "c.parquet")
     (tmp_path / "parts" / "notes.txt").write_text("not data")
-    report = reportgen.compute_report(_config(tmp_path, path))
+    report = reportgen.compute_rfm_stage(_config(tmp_path, path))
 
     expected_files = 3 if path != "parts/*.parquet" else 2
     assert len(report.source.files) == expected_files
@@ -253,7 +253,7 @@ def test_parquet_zoned_datetimes_are_converted_to_the_period_timezone(
     """23:30 UTC on 1 January is 00:30 on 2 January in Berlin: dates and recency follow."""
     _zoned_frame("UTC").write_parquet(tmp_path / "tx.parquet")
     config = _config(tmp_path, "tx.parquet", period={"timezone": timezone})
-    report = reportgen.compute_report(config)
+    report = reportgen.compute_rfm_stage(config)
 
     assert report.period.as_of == _d("2024-01-02")
     assert report.rfm.frame.select("customer_id", "first_order", "last_order",
@@ -274,7 +274,7 @@ def test_parquet_zoned_datetimes_in_another_zone(tmp_path: Path) -> None:
     frame.write_parquet(tmp_path / "tx.parquet")
     config = _config(tmp_path, "tx.parquet", period={"timezone": "Europe/Berlin"})
 
-    assert reportgen.compute_report(config).rfm.frame["last_order"].to_list() == [
+    assert reportgen.compute_rfm_stage(config).rfm.frame["last_order"].to_list() == [
         _d("2024-01-02")
     ]
 
@@ -286,7 +286,7 @@ def test_parquet_naive_timestamps_are_taken_as_in_the_period_timezone(tmp_path: 
     )
     frame.write_parquet(tmp_path / "tx.parquet")
     config = _config(tmp_path, "tx.parquet", period={"timezone": "America/New_York"})
-    report = reportgen.compute_report(config)
+    report = reportgen.compute_rfm_stage(config)
 
     assert report.period.as_of == _d("2024-01-02")
     assert report.rfm.frame.select("customer_id", "last_order", "recency_days").rows() == [
@@ -305,7 +305,7 @@ def test_parquet_date_column(tmp_path: Path) -> None:
             "amount": [1.0, 2.0],
         }
     ).write_parquet(tmp_path / "tx.parquet")
-    report = reportgen.compute_report(_config(tmp_path, "tx.parquet"))
+    report = reportgen.compute_rfm_stage(_config(tmp_path, "tx.parquet"))
 
     assert _rows(report) == [("a", 2, 300, _d("2024-05-01"), _d("2024-05-31"), 0, 30)]
 
@@ -344,7 +344,7 @@ def test_excel_sheet_by_name_and_by_position(tmp_path: Path, sheet: str | int) -
     """The sheet is chosen by name or by 0-based position; text ids keep leading zeros."""
     _write_workbook(tmp_path / "tx.xlsx", EXCEL_DATA)
     options = EXCEL_INPUT | {"excel": {"sheet": sheet}}
-    report = reportgen.compute_report(_config(tmp_path, "tx.xlsx", input_=options))
+    report = reportgen.compute_rfm_stage(_config(tmp_path, "tx.xlsx", input_=options))
 
     assert report.source.format == "excel"
     assert _rows(report, "Country") == [
@@ -358,7 +358,7 @@ def test_excel_numeric_ids_read_without_a_decimal_suffix(tmp_path: Path) -> None
     data = EXCEL_DATA.with_columns(pl.Series("Customer", [17850, 17850, 42]))
     _write_workbook(tmp_path / "tx.xlsx", data)
     options = EXCEL_INPUT | {"excel": {"sheet": "Tx"}}
-    frame = reportgen.compute_report(_config(tmp_path, "tx.xlsx", input_=options)).rfm.frame
+    frame = reportgen.compute_rfm_stage(_config(tmp_path, "tx.xlsx", input_=options)).rfm.frame
 
     assert frame.select("customer_id", "monetary_minor").rows() == [
         ("17850", 1975),
@@ -388,7 +388,7 @@ def test_amount_column_or_quantity_times_unit_price_without_order_ids(
     """Both ways give the same exact pence; without order ids an order is a customer's day."""
     (tmp_path / "tx.csv").write_text(LINES_CSV)
     columns = {"customer_id": "cust", "order_id": None, "order_date": "day", **amount_columns}
-    report = reportgen.compute_report(_config(tmp_path, "tx.csv", input_={"columns": columns}))
+    report = reportgen.compute_rfm_stage(_config(tmp_path, "tx.csv", input_={"columns": columns}))
 
     # a: two lines on 1 June are one order (30 + 250), 3 June is the second (400)
     assert _rows(report, "avg_order_value_minor") == [
@@ -407,7 +407,7 @@ def test_order_ids_count_distinct_orders(tmp_path: Path) -> None:
         "a,X1,2024-06-01,2.00\n"
         "a,X2,2024-06-01,3.00\n"
     )
-    report = reportgen.compute_report(_config(tmp_path, "tx.csv"))
+    report = reportgen.compute_rfm_stage(_config(tmp_path, "tx.csv"))
 
     assert _rows(report) == [("a", 2, 600, _d("2024-06-01"), _d("2024-06-01"), 0, 0)]
 
@@ -427,7 +427,7 @@ PERIOD_CSV = (
 
 def _period_report(tmp_path: Path, period: dict, **kwargs: Any) -> reportgen.Report:
     (tmp_path / "tx.csv").write_text(PERIOD_CSV)
-    return reportgen.compute_report(_config(tmp_path, "tx.csv", period=period), **kwargs)
+    return reportgen.compute_rfm_stage(_config(tmp_path, "tx.csv", period=period), **kwargs)
 
 
 def test_latest_as_of_is_the_last_transaction_date(tmp_path: Path) -> None:
@@ -520,7 +520,7 @@ def test_yesterday_rows_and_recency(tmp_path: Path) -> None:
 def test_as_of_override_replaces_the_configured_as_of(
     tmp_path: Path, override: dt.date | str
 ) -> None:
-    """compute_report(as_of=...) (the CLI's --as-of) wins over period.as_of."""
+    """compute_rfm_stage(as_of=...) (the CLI's --as-of) wins over period.as_of."""
     report = _period_report(tmp_path, {"as_of": "2024-03-31"}, as_of=override)
 
     assert report.period.as_of == _d("2024-03-01")

@@ -1,7 +1,7 @@
 """RFM against a naive pure-Python implementation of DESIGN.md section 2 (hypothesis).
 
 Random small transaction tables (CSV or Parquet) with returns, ties, duplicates, missing ids,
-non-positive lines and zoned timestamps go through `compute_report`; the reference below
+non-positive lines and zoned timestamps go through `compute_rfm_stage`; the reference below
 recomputes the per-customer table with plain loops and dicts and the two must agree exactly.
 """
 
@@ -373,15 +373,15 @@ def _add_scores(table: dict[str, dict]) -> None:
 
 
 def check_against_reference(case: Case) -> Expected | None:
-    """Run compute_report on the case in its own folder and compare with the reference."""
+    """Run compute_rfm_stage on the case in its own folder and compare with the reference."""
     expected = reference(case)
     with tempfile.TemporaryDirectory() as folder:
         config = config_for(case, write_case(case, Path(folder)))
         if expected is None:
             with pytest.raises(reportgen.InputDataError):
-                reportgen.compute_report(config)
+                reportgen.compute_rfm_stage(config)
             return None
-        report = reportgen.compute_report(config)
+        report = reportgen.compute_rfm_stage(config)
     assert report.period.as_of == expected.as_of
     assert report.audit.rows_read == len(case.lines)
     assert report.audit.rows_kept == expected.rows_kept
@@ -449,7 +449,7 @@ def test_identical_customers_share_every_score(case):
 def _run_csv(folder: Path, text: str, input_: dict, **sections: dict) -> pl.DataFrame:
     (folder / "tx.csv").write_text(text, encoding="utf-8")
     data = {"input": {"path": "tx.csv", "date_formats": ["%Y-%m-%d"], **input_}, **sections}
-    return reportgen.compute_report(reportgen.config_from_dict(data, folder)).rfm.frame
+    return reportgen.compute_rfm_stage(reportgen.config_from_dict(data, folder)).rfm.frame
 
 
 def test_reference_scores_ties_by_the_strict_worse_rule():

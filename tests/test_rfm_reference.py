@@ -133,7 +133,7 @@ ORDER BY s.customer_id
 @pytest.fixture(scope="module")
 def report() -> reportgen.Report:
     """The report computed once on the built-in sample with the shipped config."""
-    return reportgen.compute_report(reportgen.load_config(CONFIG))
+    return reportgen.compute_rfm_stage(reportgen.load_config(CONFIG))
 
 
 @pytest.fixture(scope="module")
