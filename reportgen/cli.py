@@ -127,6 +127,32 @@ def sample(rows: int, customers: int, seed: int, fmt: str | None, output: Path, 
     click.echo(str(written))
 
 
+@cli.command(epilog=_EPILOG)
+@_config_option
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="Output root (overrides output.dir).")  # fmt: skip
+@_verbosity
+def history(config_path: Path, output: Path | None, verbose: int, quiet: bool) -> None:
+    """List the runs of the report: as-of date, k, segment sizes and names."""
+    from .config import load_config
+    from .history import read_snapshot, run_folders
+
+    with _handled(verbose, quiet):
+        config = load_config(config_path)
+        report_dir = (output or Path(config.output.dir)) / config.report.report_slug
+        folders = run_folders(report_dir)
+        if not folders:
+            log.info("no runs yet in %s", report_dir)
+        for folder in folders:
+            try:
+                snap = read_snapshot(folder)
+            except ValueError as exc:
+                log.warning("%s", exc)
+                continue
+            sizes = ", ".join(f"{name} {snap.sizes.get(name, 0):,}" for name in snap.names)
+            click.echo(f"{snap.as_of}  k={snap.k}  {sum(snap.sizes.values()):,} customers  {sizes}")
+
+
 @contextlib.contextmanager
 def _handled(verbose: int, quiet: bool) -> Iterator[None]:
     """Logging set-up, and user errors turned into a message and their exit code."""

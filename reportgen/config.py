@@ -345,6 +345,9 @@ class SegmentationSection(_Section):
     stability_seeds: Annotated[int, Field(ge=2)] = Field(
         5, description="Seeds refitted to measure the stability (ARI) of the chosen solution."
     )
+    k_policy: Literal["choose", "keep_previous"] = Field(
+        "choose", description="keep_previous: use the previous run's k (periodic reports)."
+    )
 
     @model_validator(mode="after")
     def _consistent_limits(self) -> SegmentationSection:
@@ -406,6 +409,24 @@ def _known_segment_name(name: str, info: ValidationInfo) -> str:
 PlaybookName = Annotated[str, AfterValidator(_known_segment_name)]
 
 
+RISK_SEGMENTS = ("About To Sleep", "At Risk", "Can't Lose Them", "Hibernating", "Lost")
+
+
+class HistorySection(_Section):
+    """How a run is compared with the previous run of the same report."""
+
+    compare: bool = Field(True, description="Compare with the latest earlier run, if any.")
+    match_threshold: Annotated[float, Field(gt=0)] = Field(
+        1.0,
+        description="A segment keeps the previous run's name when its centroid lies within this "
+        "distance (standardised units) of the matched previous centroid; beyond it is new.",
+    )
+    risk_segments: list[str] = Field(
+        default_factory=lambda: list(RISK_SEGMENTS),
+        description="Segments whose new entrants are exported to moved_into_risk.csv.",
+    )
+
+
 class OutputSection(_Section):
     """Where the run folders go."""
 
@@ -435,6 +456,9 @@ class Config(_Section):
     )
     playbook: dict[PlaybookName, PlaybookEntry] = Field(
         default_factory=dict, description="Per segment name, overrides of the default actions."
+    )
+    history: HistorySection = Field(
+        default_factory=HistorySection, description="Comparison with the previous run."
     )
     output: OutputSection = Field(default_factory=OutputSection, description="Output folders.")
     seed: int = Field(42, description="Seed of every random step.")

@@ -17,16 +17,12 @@ import polars as pl
 
 from .model import Report
 from .rfm import RfmTable
+from .history import snapshot_of, write_snapshot
 from .segment import segment_columns, segmentation_summary
 
 log = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA_VERSION = 1
-_MONEY = {
-    "monetary_minor": "monetary",
-    "avg_order_value_minor": "avg_order_value",
-    "returned_value_minor": "returned_value",
-}
 _EXPORT_COLUMNS = [
     "customer_id", "recency_days", "frequency", "monetary", "first_order", "last_order",
     "tenure_days", "avg_order_value", "returned_value", "return_rate",
@@ -42,17 +38,29 @@ def write_exports(report: Report, folder: Path) -> list[Path]:
     table.write_parquet(parquet, statistics=False)
     _write_csv(table, csv, bom=report.config.output.csv_bom)
     summary.write_text(dumps_json(build_summary(report)) + "\n", encoding="utf-8")
-    return [parquet, csv, summary]
+    written = [parquet, csv, summary, *write_snapshot(snapshot_of(report), folder)]
+    if report.changes is not None:
+        moved = folder / "moved_into_risk.csv"
+        _write_csv(_money_columns(report.changes.moved_into_risk, report.rfm.minor_digits), moved,
+                   bom=report.config.output.csv_bom)  # fmt: skip
+        written.append(moved)
+    return written
+
+
+def _money_columns(frame: pl.DataFrame, digits: int) -> pl.DataFrame:
+    """*_minor integer columns as exact decimals under the name without the suffix."""
+    money = pl.Decimal(38, digits)
+    return frame.with_columns(
+        (pl.col(c).cast(money) / 10**digits).cast(money).alias(c.removesuffix("_minor"))
+        for c in frame.columns
+        if c.endswith("_minor")
+    ).drop(c for c in frame.columns if c.endswith("_minor"))
 
 
 def export_table(rfm: RfmTable, segments: pl.DataFrame, attributes: list[str]) -> pl.DataFrame:
     """The per-customer export: money as exact decimals, sorted by customer_id."""
-    money = pl.Decimal(38, rfm.minor_digits)
-    frame = rfm.frame.join(segments, on="customer_id", how="left").with_columns(
-        (pl.col(src).cast(money) / 10**rfm.minor_digits).cast(money).alias(dst)
-        for src, dst in _MONEY.items()
-    )
-    frame = frame.with_columns(pl.col("return_rate").round(6))
+    frame = rfm.frame.join(segments, on="customer_id", how="left").drop("gross_minor")
+    frame = _money_columns(frame, rfm.minor_digits).with_columns(pl.col("return_rate").round(6))
     return frame.select(*_EXPORT_COLUMNS, *attributes).sort("customer_id")
 
 
@@ -80,6 +88,7 @@ def build_summary(report: Report) -> dict[str, Any]:
         "eda": {"monthly": _monthly_part(report)},
         "rfm": _rfm_part(report.rfm),
         "segmentation": segmentation_summary(report.segmentation),
+        "changes": _changes_part(report),
         "versions": report.versions,
     }
 
@@ -136,6 +145,35 @@ def _audit_part(report: Report) -> dict[str, Any]:
         "last_date": audit.last_date,
         "missing_values": audit.missing_values,
         "returns_policy": report.config.cleaning.returns,
+    }
+
+
+def _changes_part(report: Report) -> dict[str, Any] | None:
+    changes, digits = report.changes, report.rfm.minor_digits
+    if changes is None:
+        return None
+    return {
+        "previous_as_of": changes.previous_as_of,
+        "k_before": changes.k_before,
+        "k_now": changes.k_now,
+        "notes": list(changes.notes),
+        "headlines": list(changes.headlines),
+        "new_customers": changes.new_customers,
+        "gone_customers": changes.gone_customers,
+        "moved_into_risk": changes.moved_into_risk.height,
+        "segments": [
+            {
+                "segment": c.segment,
+                "customers_before": c.customers_before,
+                "customers_now": c.customers_now,
+                "customers_delta": c.customers_delta,
+                "revenue_before": _money(c.revenue_before_minor, digits),
+                "revenue_now": _money(c.revenue_now_minor, digits),
+                "revenue_delta": _money(c.revenue_delta_minor, digits),
+            }
+            for c in changes.segments
+        ],
+        "migration": changes.migration.to_dicts(),
     }
 
 

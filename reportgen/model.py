@@ -6,6 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from .clean import CleaningAudit
+from .compare import Changes
 from .config import Config
 from .eda import Eda
 from .grid import SegmentMap
@@ -30,6 +31,7 @@ class Report:
     data_fingerprint: str
     generated_at: dt.datetime
     versions: dict[str, str]
+    changes: Changes | None  # None on the first run of a report
 
     @property
     def run_name(self) -> str:

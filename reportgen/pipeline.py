@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -17,16 +18,18 @@ import polars as pl
 
 from .clean import Cleaned, CleaningAudit, annotate, audit_queries, build_audit
 from .config import Config, load_config
+from .compare import compare_runs
 from .eda import Eda, build_eda, eda_queries
 from .errors import InputDataError
 from .export import write_exports
 from .grid import SegmentMap, load_segment_map
+from .history import Snapshot, previous_snapshot, snapshot_of
 from .model import Report
 from .output import prepare_report_dir, report_lock, write_run_folder
 from .period import Period, PeriodRequest, request_period, window_start
 from .read import FILE, ROW, Source, located_read_error, read_transactions
 from .rfm import RfmTable, finish_rfm, rfm_query
-from .segment import segment_customers
+from .segment import PreviousSegments, segment_customers
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ def run(
     root = output if output is not None else config.output.dir
     report_dir = prepare_report_dir(root, config.report.report_slug)
     with report_lock(report_dir):
-        report = compute_report(config, as_of=as_of, stage=stage)
+        report = compute_report(config, as_of=as_of, stage=stage, history_dir=report_dir)
         (stage or _quiet)("Writing the run folder")
         paths = write_run_folder(report_dir, report.run_name, lambda d: write_exports(report, d))
     return RunResult(report, report_dir / report.run_name, paths)
@@ -78,13 +81,21 @@ def compute_report(
     as_of: str | dt.date | None = None,
     now: dt.datetime | None = None,
     stage: Stage | None = None,
+    history_dir: Path | None = None,
 ) -> Report:
-    """Every stage from the transactions to the Report model; writes nothing."""
+    """Every stage from the transactions to the Report model; writes nothing.
+
+    `history_dir` (the report's folder of run folders) holds the earlier runs to compare with.
+    """
     stage = stage or _quiet
     facts = compute_rfm_stage(config, as_of, now, stage)
+    previous = _previous(config, history_dir, facts.period.as_of)
     stage("Segmenting customers")
-    segmentation = segment_customers(facts.rfm, config.segmentation, config.playbook, config.seed)
-    return Report(
+    earlier = _previous_segments(config, previous)
+    segmentation = segment_customers(
+        facts.rfm, config.segmentation, config.playbook, config.seed, earlier
+    )
+    report = Report(
         config=config,
         source=facts.source,
         period=facts.period,
@@ -96,6 +107,32 @@ def compute_report(
         data_fingerprint=_fingerprint(facts),
         generated_at=generated_at(now),
         versions=_versions(),
+        changes=None,
+    )
+    if previous is None:
+        return report
+    changes = compare_runs(
+        previous, snapshot_of(report), config.history.risk_segments, segmentation.continuity
+    )
+    return dataclasses.replace(report, changes=changes)
+
+
+def _previous(config: Config, history_dir: Path | None, as_of: dt.date) -> Snapshot | None:
+    if history_dir is None or not config.history.compare:
+        return None
+    return previous_snapshot(Path(history_dir), as_of)
+
+
+def _previous_segments(config: Config, previous: Snapshot | None) -> PreviousSegments | None:
+    if previous is None:
+        return None
+    return PreviousSegments(
+        as_of=previous.as_of,
+        k=previous.k,
+        names=previous.names,
+        centroids=previous.centroids,
+        features=previous.features,
+        match_threshold=config.history.match_threshold,
     )
 
 

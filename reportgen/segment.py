@@ -23,6 +23,8 @@ same data give the same labels and numbers, and a busy machine does not slow K-M
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import math
 import warnings
@@ -191,6 +193,18 @@ class Notice:
     message: str
 
 
+@dataclass(frozen=True)
+class PreviousSegments:
+    """The previous run's segments, so names stay with the same kind of customers."""
+
+    as_of: dt.date
+    k: int
+    names: tuple[str, ...]  # by label
+    centroids: tuple[tuple[float, ...], ...]  # by label, original units of `features`
+    features: tuple[str, ...]
+    match_threshold: float  # in the current standardised units
+
+
 @dataclass(frozen=True, eq=False)
 class Segmentation:
     """Everything the report and summary.json say about the segments."""
@@ -219,6 +233,8 @@ class Segmentation:
     recommendations: tuple[Action, ...]  # by revenue at stake
     revenue_at_stake_definition: str
     warnings: tuple[Notice, ...]
+    kept_names: tuple[str, ...] = ()  # names matched to the previous run's centroids
+    continuity: str = ""  # how names relate to the previous run, in a sentence
 
     @property
     def k(self) -> int:
@@ -235,8 +251,12 @@ def segment_customers(
     cfg: SegmentationSection,
     playbook: Mapping[str, PlaybookEntry],
     seed: int,
+    previous: PreviousSegments | None = None,
 ) -> Segmentation:
     """Cluster the scored customers, choose k, name, profile and plan actions.
+
+    With `previous`, clusters whose centroid lies near a previous centroid keep its name, and
+    `k_policy: keep_previous` reuses its k.
 
     Raises InputDataError when the data cannot give the segments asked (too few customers or
     distinct points, a constant feature) and ConfigError when the limits leave no k.
@@ -246,8 +266,14 @@ def segment_customers(
     import sklearn.cluster  # noqa: F401
     from threadpoolctl import threadpool_limits
 
+    if previous is not None and cfg.k_policy == "keep_previous":
+        cfg = cfg.model_copy(update={"k": previous.k})
     with threadpool_limits(limits=_THREADS):
-        return _segment(rfm, cfg, playbook, seed)
+        seg = _segment(rfm, cfg, playbook, seed, previous)
+    if previous is not None and cfg.k_policy == "keep_previous":
+        reason = f"k={previous.k} is kept from the run of {previous.as_of} (k_policy: keep_previous)."
+        seg = dataclasses.replace(seg, choice=dataclasses.replace(seg.choice, rule="kept", reason=reason))
+    return seg
 
 
 @dataclass(frozen=True, eq=False)
@@ -265,7 +291,11 @@ class _Fit:
 
 
 def _segment(
-    rfm: RfmTable, cfg: SegmentationSection, playbook: Mapping[str, PlaybookEntry], seed: int
+    rfm: RfmTable,
+    cfg: SegmentationSection,
+    playbook: Mapping[str, PlaybookEntry],
+    seed: int,
+    previous: PreviousSegments | None,
 ) -> Segmentation:
     scored = rfm.scored
     grid_names = _grid_names(scored)
@@ -281,8 +311,16 @@ def _segment(
     choice = _choose(evidence, cfg, len(grid_names))
     model = _kmeans(choice.k, cfg, seed).fit(coords)  # the final model sees every customer
     fit = _Fit(transform, coords, outlier, fit_idx, sil_idx, evidence, choice, model)
-    named = name_clusters(model.cluster_centers_, coords, scored["rfm_grid_segment"], grid_names)
-    return _assemble(rfm, cfg, seed, fit, named, plays)
+    kept = match_previous(model.cluster_centers_, transform, previous)
+    named = name_clusters(
+        model.cluster_centers_, coords, scored["rfm_grid_segment"], grid_names, kept
+    )
+    seg = _assemble(rfm, cfg, seed, fit, named, plays)
+    return dataclasses.replace(
+        seg,
+        kept_names=tuple(sorted(kept.values())),
+        continuity=_continuity(previous, kept, cfg, choice.k),
+    )
 
 
 def _grid_names(scored: pl.DataFrame) -> list[str]:
@@ -738,23 +776,87 @@ class _Named:
 
 
 def name_clusters(
-    centroids: np.ndarray, coords: np.ndarray, grid: pl.Series, grid_names: list[str]
+    centroids: np.ndarray,
+    coords: np.ndarray,
+    grid: pl.Series,
+    grid_names: list[str],
+    kept: Mapping[int, str] | None = None,
 ) -> _Named:
-    """Assign each cluster a distinct grid name by minimum total centroid-prototype distance."""
+    """Assign each cluster a distinct grid name by minimum total centroid-prototype distance.
+
+    `kept` (cluster -> name) are fixed beforehand; the others share the remaining names.
+    """
     from scipy.optimize import linear_sum_assignment
     from scipy.spatial.distance import cdist
 
+    kept = dict(kept or {})
     grid_values = grid.to_numpy()
     prototypes = np.array([coords[grid_values == n].mean(axis=0) for n in grid_names])
-    rows, cols = linear_sum_assignment(cdist(centroids, prototypes))
-    name_of = {int(r): grid_names[int(c)] for r, c in zip(rows, cols, strict=True)}
-    by_vocabulary = sorted(name_of, key=lambda old: grid_names.index(name_of[old]))
+    free = [i for i in range(len(centroids)) if i not in kept]
+    names_left = [i for i, n in enumerate(grid_names) if n not in kept.values()]
+    rows, cols = linear_sum_assignment(cdist(centroids[free], prototypes[names_left]))
+    name_of = dict(kept) | {
+        free[int(r)]: grid_names[names_left[int(c)]] for r, c in zip(rows, cols, strict=True)
+    }
+    vocabulary = grid_names + sorted(set(name_of.values()) - set(grid_names))
+    by_vocabulary = sorted(name_of, key=lambda old: vocabulary.index(name_of[old]))
     order = np.empty(len(centroids), dtype=np.int64)
     order[by_vocabulary] = np.arange(len(centroids))
     return _Named(
         order=order,
         names=tuple(name_of[old] for old in by_vocabulary),
         prototypes={n: tuple(map(float, p)) for n, p in zip(grid_names, prototypes, strict=True)},
+    )
+
+
+def match_previous(
+    centroids: np.ndarray, transform: Transform, previous: PreviousSegments | None
+) -> dict[int, str]:
+    """Clusters whose centroid lies within the threshold of a previous centroid: its name.
+
+    Both go through the current transform, then an optimal assignment pairs them; a pair
+    farther apart than `match_threshold` is a new segment, not a continuation.
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    if previous is None or tuple(previous.features) != tuple(transform.features):
+        return {}
+    before = transform.apply(np.array(previous.centroids, dtype=np.float64))
+    distances = cdist(centroids, before)
+    rows, cols = linear_sum_assignment(distances)
+    return {
+        int(r): previous.names[int(c)]
+        for r, c in zip(rows, cols, strict=True)
+        if distances[r, c] <= previous.match_threshold
+    }
+
+
+def _continuity(
+    previous: PreviousSegments | None,
+    kept: Mapping[int, str],
+    cfg: SegmentationSection,
+    k_now: int,
+) -> str:
+    if previous is None:
+        return "This is the first run of this report: names come from the RFM grid prototypes."
+    if tuple(previous.features) != tuple(cfg.features):
+        return (
+            f"The features changed since the run of {previous.as_of} ({', '.join(previous.features)}"
+            f" -> {', '.join(cfg.features)}): names come from the RFM grid prototypes, and the "
+            "comparison is by name."
+        )
+    kept_list = ", ".join(sorted(kept.values()))
+    if not kept:
+        return (
+            f"Compared with the run of {previous.as_of} (k={previous.k}): no segment centre stayed "
+            "close to a previous one, so every name comes from the RFM grid prototypes."
+        )
+    others = "" if len(kept) == k_now else "; the others were named from the RFM grid prototypes"
+    return (
+        f"Compared with the run of {previous.as_of} (k={previous.k}): {len(kept)} segment"
+        f"{'s' if len(kept) != 1 else ''} kept their names because their centres moved little "
+        f"({kept_list}){others}."
     )
 
 
@@ -1110,6 +1212,9 @@ def segmentation_summary(seg: Segmentation) -> dict[str, Any]:
             "prototypes": {
                 n: dict(zip(cfg.features, p, strict=True)) for n, p in seg.prototypes.items()
             },
+            "names": list(seg.names),
+            "kept_names": list(seg.kept_names),
+            "continuity": seg.continuity,
         },
         "revenue_at_stake_definition": seg.revenue_at_stake_definition,
         "actions": [_action_part(a, money) for a in seg.actions],

@@ -12,7 +12,9 @@ from click.testing import CliRunner
 from reportgen.cli import cli
 
 SLUG = "online-retail-customer-segmentation"
-EXPORTS = ("segments.parquet", "segments.csv", "summary.json")
+EXPORTS = (
+    "segments.parquet", "segments.csv", "summary.json", "snapshot.json", "snapshot_customers.parquet",
+)  # fmt: skip
 
 
 def _run(config: Path, output: Path, *extra: str) -> tuple[int, list[str], str]:
