@@ -101,7 +101,8 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
 
 def _is_return(tx: Transactions, cfg: CleaningSection) -> pl.Expr:
     """Return lines: order ids with the cancellation prefix; without order ids, negative lines."""
-    if tx.has_order_id and cfg.cancellation_prefix:
+    text_ids = tx.frame.collect_schema()["order_id"] == pl.String
+    if tx.has_order_id and cfg.cancellation_prefix and text_ids:
         return pl.col("order_id").str.starts_with(cfg.cancellation_prefix).fill_null(False)
     return (pl.col("amount_minor") < 0).fill_null(False)
 
@@ -255,7 +256,7 @@ def _examples_by_rule(frame: pl.DataFrame, cleaned: Cleaned) -> dict[str, list[d
             {
                 "file": source.files[row[FILE]],
                 "line": source.line(row[ROW]),
-                "customer_id": mask_id(row["customer_id"]),
+                "customer_id": mask_id(None if row["customer_id"] is None else str(row["customer_id"])),
                 "order_id": row["order_id"],
                 "order_ts": row["order_ts"].isoformat(sep=" ") if row["order_ts"] else None,
                 "amount": format_minor(row["amount_minor"], digits),

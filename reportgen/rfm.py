@@ -49,7 +49,8 @@ def rfm_query(cleaned: Cleaned) -> pl.LazyFrame:
     lines = cleaned.frame.filter(
         pl.col(REASON).is_null() | pl.col(REASON).is_in(["before_window", "cancellation"])
     ).with_columns(_line_flags(cleaned))
-    orders = lines.group_by("customer_id", order_key(cleaned).alias("_order")).agg(
+    within_customer = "order_id" if cleaned.transactions.has_order_id else "order_date"
+    orders = lines.group_by("customer_id", within_customer).agg(
         pl.col("amount_minor").filter("_kept").sum().alias("value"),
         pl.col("amount_minor").filter("_purchase").sum().alias("gross"),
         (-pl.col("amount_minor")).filter("_returned").sum().alias("returned"),
@@ -87,10 +88,10 @@ def _line_flags(cleaned: Cleaned) -> list[pl.Expr]:
 
 
 def order_key(cleaned: Cleaned) -> pl.Expr:
-    """What identifies an order: its id, or without ids, the customer and the calendar day."""
+    """What identifies an order among all: its id, or without ids, the customer and the day."""
     if cleaned.transactions.has_order_id:
         return pl.col("order_id")
-    return pl.concat_str(pl.col("customer_id"), pl.col("order_date").cast(pl.String), separator="|")
+    return pl.struct("customer_id", "order_date")
 
 
 def finish_rfm(
@@ -99,6 +100,7 @@ def finish_rfm(
 ) -> RfmTable:  # fmt: skip
     """Derive recency, tenure and returns, score, and name each customer's grid cell."""
     frame = aggregates.filter(pl.col("_in_period")).drop("_in_period")
+    frame = frame.with_columns(pl.col("customer_id").cast(pl.String))  # numeric ids become text
     as_of = frame[AS_OF][0] if frame.height else None
     frame = _derive(frame, cfg).drop(AS_OF)
     frame = _score(frame)
