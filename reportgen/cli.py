@@ -58,14 +58,57 @@ def _parse_as_of(_ctx: click.Context, _param: click.Parameter, value: str | None
 @click.option("--as-of", callback=_parse_as_of, help="Last day covered (overrides the config).")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Output root (overrides output.dir).")  # fmt: skip
+@click.option("--send", is_flag=True,
+              help="Email the summary to the config's recipients after writing the run folder.")
+@click.option("--dry-run", is_flag=True,
+              help="Write the email (email.eml) and say what would be sent; send nothing.")
+@click.option("--force", is_flag=True,
+              help="With --send: send even if this run's email was sent before (sent.json).")
 @_verbosity
-def run(config_path: Path, as_of: object, output: Path | None, verbose: int, quiet: bool) -> None:
-    """Compute the report and write its run folder."""
+def run(config_path: Path, as_of: object, output: Path | None, send: bool, dry_run: bool,
+        force: bool, verbose: int, quiet: bool) -> None:  # fmt: skip
+    """Compute the report and write its run folder; --send emails it.
+
+    The email is written into the run folder as email.eml on every run (when the config has an
+    email section) and sent only with --send. A delivery failure exits with 5 and leaves every
+    file in place; a second send of the same run is refused (exit 2) unless --force.
+    """
     from .pipeline import run as run_pipeline
 
-    with _handled(verbose, quiet), _progress() as stage:
-        result = run_pipeline(config_path, as_of=as_of, output=output, stage=stage)
+    with _handled(verbose, quiet):
+        if force and not send:
+            log.warning("--force only matters with --send: nothing is sent")
+        if send and dry_run:
+            log.info("--dry-run: nothing is sent")
+        with _progress() as stage:
+            result = run_pipeline(config_path, as_of=as_of, output=output, stage=stage,
+                                  send=send, force=force, dry_run=dry_run)  # fmt: skip
     for path in result.paths:
+        click.echo(str(path))
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("run_folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_config_option
+@click.option("--force", is_flag=True, help="Send even if this run's email was sent before.")
+@click.option("--dry-run", is_flag=True, help="Say what would be sent; send nothing.")
+@_verbosity
+def send(run_folder: Path, config_path: Path, force: bool, dry_run: bool, verbose: int,
+         quiet: bool) -> None:  # fmt: skip
+    """Send the email of an existing run folder (its email.eml) to the config's recipients.
+
+    Records the delivery in RUN_FOLDER/sent.json; a run already sent needs --force (exit 2
+    otherwise). A delivery failure exits with 5.
+    """
+    from .config import load_config
+    from .mail import send_run
+    from .output import report_lock
+
+    with _handled(verbose, quiet):
+        config = load_config(config_path)
+        with report_lock(run_folder.resolve().parent):
+            paths = send_run(run_folder, config, force=force, dry_run=dry_run)
+    for path in paths:
         click.echo(str(path))
 
 
@@ -110,9 +153,14 @@ def init(path: Path, force: bool) -> None:
               help="File format (default: from the file name).")  # fmt: skip
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="File to write (.csv or .parquet).")  # fmt: skip
+@click.option("--demographics", is_flag=True,
+              help="Add AgeBand, Gender and Region columns (for the fairness audit).")  # fmt: skip
+@click.option("--bias", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of the churned customers moved into the 65+ age band: a planted "
+                   "bias (implies --demographics).")  # fmt: skip
 @_verbosity
-def sample(rows: int, customers: int, seed: int, fmt: str | None, output: Path, verbose: int,
-           quiet: bool) -> None:  # fmt: skip
+def sample(rows: int, customers: int, seed: int, fmt: str | None, output: Path, demographics: bool,
+           bias: float, verbose: int, quiet: bool) -> None:  # fmt: skip
     """Write synthetic transactions (UCI Online Retail columns) with planted customer types."""
     from .sample import SampleSpec, write_sample
 
@@ -120,7 +168,8 @@ def sample(rows: int, customers: int, seed: int, fmt: str | None, output: Path, 
         if fmt is None and output.suffix.lower() not in (".csv", ".parquet"):
             raise click.UsageError("give --format, or a file name ending in .csv or .parquet")
         try:
-            spec = SampleSpec(rows=rows, customers=customers, seed=seed)
+            spec = SampleSpec(rows=rows, customers=customers, seed=seed,
+                              demographics=demographics or bias > 0, planted_bias=bias)
             written = write_sample(spec, output, fmt)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None

@@ -22,6 +22,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    EmailStr,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -161,11 +162,98 @@ class ColumnMap(_Section):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+DATABASE_SCHEMES = ("postgresql", "postgres", "duckdb")
+_DUCKDB_PREFIX = "duckdb:///"
+
+
+class DatabaseInput(_Section):
+    """Transactions in PostgreSQL or a DuckDB file: the work runs inside the database."""
+
+    url: str = Field(
+        description="postgresql://user@host:5432/db (libpq options such as ?sslmode=verify-full"
+        " pass through) or duckdb:///path/to/file.duckdb; never with a password in it."
+    )
+    table: str | None = Field(None, description="Table or view of the transactions (sales.tx).")
+    query: str | None = Field(None, description="A SELECT giving the transactions (not table).")
+    password_env: str | None = Field(
+        None, description="Name of the environment variable holding the password (PostgreSQL)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _usable_url(cls, data: Any, info: ValidationInfo) -> Any:
+        # A model validator, so that an error never echoes the URL (it may hold a password).
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        from urllib.parse import parse_qs, urlsplit
+
+        value = data["url"]
+        parts = urlsplit(value)
+        if parts.password is not None or "password" in parse_qs(parts.query):
+            raise ValueError(
+                "@url: the URL holds a password; remove it, and put the name of the "
+                "environment variable holding it in input.database.password_env"
+            )
+        if parts.scheme not in DATABASE_SCHEMES:
+            raise ValueError(
+                f"@url: unsupported database {parts.scheme or value!r}; use postgresql://... "
+                "or duckdb:///path (Spark: input.spark)"
+            )
+        if parts.scheme == "duckdb":  # duckdb:///relative or duckdb:////absolute, as SQLAlchemy
+            path = value[len(_DUCKDB_PREFIX) :] if value.startswith(_DUCKDB_PREFIX) else ""
+            if not path:
+                raise ValueError("@url: expected duckdb:///path/to/file.duckdb")
+            return {**data, "url": _DUCKDB_PREFIX + _resolve_path(path, info)}
+        return data
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> DatabaseInput:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("@table: give either input.database.table or input.database.query")
+        return self
+
+
+class SparkInput(_Section):
+    """Transactions in a Spark table or Parquet dataset: the work runs in Spark SQL."""
+
+    master: str = Field(
+        "local[*]", description="Spark master URL: local[*], spark://host:7077, yarn, k8s://..."
+    )
+    table: str | None = Field(None, description="Table in the Spark catalog (e.g. sales.tx).")
+    parquet: str | None = Field(
+        None, description="Parquet file or folder (a path, or a URL such as s3a://bucket/tx/)."
+    )
+    app_name: str = Field("reportgen", description="Application name shown in the Spark UI.")
+    conf: dict[str, str] = Field(
+        default_factory=dict, description="Extra Spark settings (e.g. spark.executor.memory: 4g)."
+    )
+
+    @field_validator("parquet")
+    @classmethod
+    def _resolve_parquet(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or "://" in value:
+            return value
+        return _resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _table_or_parquet(self) -> SparkInput:
+        if (self.table is None) == (self.parquet is None):
+            raise ValueError("@table: give either input.spark.table or input.spark.parquet")
+        return self
+
+
 class InputSection(_Section):
     """Where the transactions are and how to read them."""
 
-    path: str = Field(
+    # For editors: one of the three sources is required (the validator below says which).
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": [k]} for k in ("path", "database", "spark")]}
+    )
+
+    path: str | None = Field(
+        None,
         description="File, folder or glob; `sample:online_retail` is the built-in sample data."
+        " (Or set database or spark instead.)",
     )
     format: Literal["auto", "csv", "parquet", "excel"] = Field(
         "auto", description="File format; auto: from the file name."
@@ -181,10 +269,27 @@ class InputSection(_Section):
     attributes: list[str] = Field(
         default_factory=list, description="Extra columns kept per customer (e.g. Country)."
     )
+    database: DatabaseInput | None = Field(
+        None, description="A PostgreSQL or DuckDB source instead of path (see the README)."
+    )
+    spark: SparkInput | None = Field(
+        None, description="A Spark table or Parquet dataset instead of path (see the README)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputSection:
+        given = [k for k in ("path", "database", "spark") if getattr(self, k) is not None]
+        if not given:
+            raise ValueError("@path: required key is missing")
+        if len(given) > 1:
+            raise ValueError(f"@{given[1]}: give only one of input.{' and input.'.join(given)}")
+        return self
 
     @field_validator("path")
     @classmethod
-    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+    def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
         if value.startswith(SAMPLE_PREFIX) and value[len(SAMPLE_PREFIX) :] not in SAMPLE_DATASETS:
             known = ", ".join(SAMPLE_PREFIX + name for name in SAMPLE_DATASETS)
             raise ValueError(f"unknown sample data set {value!r}; known: {known}")
@@ -293,6 +398,8 @@ class RfmSection(_Section):
 
 
 FEATURES = ("recency_days", "frequency", "monetary", "tenure_days", "avg_order_value", "return_rate")
+ALGORITHMS = ("kmeans", "gmm", "dbscan", "hdbscan", "agglomerative", "spectral")
+Algorithm = Literal[ALGORITHMS]  # type: ignore[valid-type]
 
 
 class OutlierOptions(_Section):
@@ -304,6 +411,34 @@ class OutlierOptions(_Section):
     )
     upper_quantile: Annotated[float, Field(gt=0.5, le=1)] = Field(
         0.99, description="Values above this quantile are lowered to it."
+    )
+
+
+class AlgorithmOptions(_Section):
+    """Settings of the algorithms other than K-Means (segmentation.algorithm and compare)."""
+
+    sample_size: Annotated[int, Field(ge=100)] = Field(
+        3_000,
+        description="Agglomerative, spectral, DBSCAN and HDBSCAN are fitted on a seeded sample of "
+        "this many customers; everyone else takes the segment of their nearest sampled neighbours.",
+    )
+    gmm_covariance: Literal["full", "diag", "tied", "spherical"] = Field(
+        "full", description="Covariance type of the Gaussian mixture (k by BIC, n_init restarts)."
+    )
+    min_cluster_size: Literal["auto"] | Annotated[int, Field(ge=2)] = Field(
+        "auto",
+        description="HDBSCAN smallest group; auto: min_segment_share of the customers fitted.",
+    )
+    min_samples: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="DBSCAN/HDBSCAN neighbours of a core customer; auto: 2 x dimensions."
+    )
+    eps: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
+        "auto",
+        description="DBSCAN radius (clustered units); auto: the knee of the sorted distances to "
+        "each customer's min_samples-th neighbour.",
+    )
+    neighbors: Annotated[int, Field(ge=2)] = Field(
+        10, description="Neighbours of the spectral affinity graph and of the extension to all."
     )
 
 
@@ -320,7 +455,9 @@ class SegmentationSection(_Section):
     scaling: Literal["standard", "robust", "minmax", "none"] = Field(
         "standard", description="Scaling after log1p."
     )
-    algorithm: Literal["kmeans"] = Field("kmeans", description="Clustering algorithm.")
+    algorithm: Algorithm = Field(
+        "kmeans", description=f"Algorithm of the segments acted on: {', '.join(ALGORITHMS)}."
+    )
     k: Literal["auto"] | Annotated[int, Field(ge=2)] = Field(
         "auto", description="Number of segments, or auto (chosen by `rule` over `k_range`)."
     )
@@ -348,6 +485,21 @@ class SegmentationSection(_Section):
     k_policy: Literal["choose", "keep_previous"] = Field(
         "choose", description="keep_previous: use the previous run's k (periodic reports)."
     )
+    compare: list[Algorithm] = Field(
+        default_factory=list,
+        description="Algorithms compared side by side in their own report section ([]: none).",
+    )
+    algorithm_options: AlgorithmOptions = Field(
+        default_factory=AlgorithmOptions, description="Settings of the non-K-Means algorithms."
+    )
+
+    @field_validator("compare")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        repeated = sorted({a for a in value if value.count(a) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return value
 
     @model_validator(mode="after")
     def _consistent_limits(self) -> SegmentationSection:
@@ -368,6 +520,57 @@ class SegmentationSection(_Section):
                 f"({smallest_k}) exceeds 100%: no k can give every segment that share; lower "
                 f"min_segment_share below {1 / smallest_k:.0%}"
             )
+        return self
+
+
+class EmbeddingOptions(_Section):
+    """A small autoencoder (scikit-learn MLPRegressor, CPU, seeded) that learns customer coordinates."""
+
+    enabled: bool = Field(False, description="Train the embedding and compare it with RFM.")
+    dimensions: Annotated[int, Field(ge=1, le=16)] = Field(
+        3, description="Size of the bottleneck: the embedding's coordinates per customer."
+    )
+    hidden: Annotated[int, Field(ge=2, le=256)] = Field(
+        16, description="Width of the layers on each side of the bottleneck."
+    )
+    max_iter: Annotated[int, Field(ge=10, le=5000)] = Field(
+        100, description="Training epochs at most (adam; stops earlier when the loss settles)."
+    )
+    sample_size: Annotated[int, Field(ge=100)] = Field(
+        20_000, description="Customers (seeded sample) the autoencoder is trained on."
+    )
+
+
+class RepresentationSection(_Section):
+    """Which per-customer features are built, an optional learned embedding, and what is clustered."""
+
+    features: Literal["rfm", "extended"] = Field(
+        "rfm",
+        description="rfm: segmentation.features; extended: also tenure, average order value, "
+        "days between orders, return rate, basket size and spend shares.",
+    )
+    share_columns: list[str] | None = Field(
+        None,
+        description="Columns of input.attributes whose share of each customer's spend per value "
+        "is a feature (extended); null: every attribute.",
+    )
+    share_top: Annotated[int, Field(ge=1, le=20)] = Field(
+        5, description="Values per share column kept (largest by spend); the rest are 'other'."
+    )
+    embedding: EmbeddingOptions = Field(
+        default_factory=EmbeddingOptions, description="Autoencoder embedding of the features."
+    )
+    cluster_on: Literal["rfm", "extended", "embedding"] = Field(
+        "rfm",
+        description="Space the report's segments are clustered in (segments are described in RFM).",
+    )
+
+    @model_validator(mode="after")
+    def _space_is_built(self) -> RepresentationSection:
+        if self.cluster_on == "embedding" and not self.embedding.enabled:
+            raise ValueError("@cluster_on: embedding needs representation.embedding.enabled: true")
+        if self.cluster_on == "extended" and self.features != "extended":
+            raise ValueError("@cluster_on: extended needs representation.features: extended")
         return self
 
 
@@ -443,6 +646,172 @@ class OutputSection(_Section):
         return _resolve_path(value, info)
 
 
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+SUBJECT_FIELDS = ("report_name", "as_of", "period")
+DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+
+
+class SmtpOptions(_Section):
+    """The mail server the summary email is sent through (certificates are always verified)."""
+
+    host: str = Field("localhost", min_length=1, description="SMTP server host name.")
+    port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        None, description="SMTP port; null: 587 for starttls, 465 for ssl, 25 for none."
+    )
+    security: Literal["starttls", "ssl", "none"] = Field(
+        "starttls",
+        description="starttls: upgrade a plain connection (587); ssl: TLS from the start (465); "
+        "none: no encryption (a local relay only).",
+    )
+    username: str | None = Field(None, min_length=1, description="Login name; null: no login.")
+    password_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="NAME of the environment variable holding the password (never the password).",
+    )
+    ca_file: str | None = Field(
+        None,
+        description="CA certificate (PEM) that signed the server's certificate, for a private "
+        "server; it replaces the system CAs. null: the system CAs.",
+    )
+    timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        30, description="Timeout of the connection and of each server reply."
+    )
+    retries: Annotated[int, Field(ge=0, le=10)] = Field(
+        3, description="Retries after a transient failure (no connection, timeout, 4xx reply)."
+    )
+    retry_backoff_seconds: Annotated[float, Field(ge=0)] = Field(
+        10, description="Wait before the first retry; doubled before each next one."
+    )
+
+    @field_validator("ca_file")
+    @classmethod
+    def _resolve_ca(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _login_consistent(self) -> SmtpOptions:
+        if self.username and not self.password_env:
+            raise ValueError(
+                "@password_env: a username needs password_env, the name of the environment "
+                "variable holding its password"
+            )
+        if self.password_env and not self.username:
+            raise ValueError("@username: password_env is set but username is not")
+        if self.security == "none" and self.username and self.host.lower() not in _LOOPBACK_HOSTS:
+            raise ValueError(
+                f"@security: 'none' would send the password of {self.username!r} unencrypted to "
+                f"{self.host}; use starttls or ssl (security: none is for a relay on localhost)"
+            )
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        """The port connected to: `port`, or the usual one of `security`."""
+        return self.port or DEFAULT_PORTS[self.security]
+
+
+class EmailSection(_Section):
+    """The summary email to stakeholders (sent only with `reportgen run --send` or `send`)."""
+
+    sender: EmailStr = Field(description="From address.")
+    sender_name: str = Field("", description="Display name of the From address.")
+    to: list[EmailStr] = Field(min_length=1, description="Recipients (To).")
+    cc: list[EmailStr] = Field(default_factory=list, description="Copy recipients (Cc).")
+    bcc: list[EmailStr] = Field(
+        default_factory=list, description="Blind copies: in the envelope only, never a header."
+    )
+    reply_to: EmailStr | None = Field(None, description="Reply-To address; null: replies go to From.")
+    subject: str = Field(
+        "{report_name}: {period}",
+        min_length=1,
+        description="Subject; {report_name}, {as_of} and {period} are filled in.",
+    )
+    max_attachment_mb: Annotated[float, Field(gt=0)] = Field(
+        10, description="The PDF is attached up to this size (MB); larger, a note says where it is."
+    )
+    smtp: SmtpOptions = Field(default_factory=SmtpOptions, description="The mail server.")
+
+    @field_validator("subject")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        import string
+
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"{exc}; write a literal brace as {{{{ or }}}}") from None
+        unknown = [n for n in names if n not in SUBJECT_FIELDS]
+        if unknown:
+            known = ", ".join("{" + n + "}" for n in SUBJECT_FIELDS)
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}}; use {known}")
+        return value
+
+
+class FairnessSection(_Section):
+    """The fairness audit: are the segments, and the discounts they get, skewed by attribute?"""
+
+    enabled: bool = Field(False, description="Audit the segments by the attribute columns.")
+    attributes: list[str] = Field(
+        default_factory=list,
+        description="Columns of input.attributes to audit (e.g. [Country]); empty: all of them.",
+    )
+    cramers_v_threshold: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.1,
+        description="A segment is flagged when its make-up differs from all customers' by at "
+        "least this bias-corrected Cramer's V (0.1: Cohen's 'small' effect).",
+    )
+    alpha: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.05,
+        description="A flag also needs the chi-square p-value (Bonferroni-adjusted over the "
+        "segments tested) below this, so that chance differences in small segments are not flagged.",
+    )
+    min_group_size: Annotated[int, Field(ge=1)] = Field(
+        30,
+        description="Attribute values with fewer customers are merged into 'Other' (reported as "
+        "too small if Other still is); smaller segments are reported, not tested.",
+    )
+    discount_segments: Literal["auto"] | list[str] = Field(
+        "auto",
+        description="Segments whose action is a discount; auto: those whose playbook offer "
+        "names a percentage, discount, sale, voucher or pricing.",
+    )
+
+
+class GraphSection(_Section):
+    """The customer graph: customers linked by the products they share, and its communities."""
+
+    enabled: bool = Field(
+        False,
+        description="Build the graph and find communities (needs input.columns.product_id and "
+        "the optional extra: pip install 'reportgen[graph]').",
+    )
+    neighbours: Annotated[int, Field(ge=1, le=100)] = Field(
+        10, description="Each customer keeps links to this many most similar customers."
+    )
+    max_product_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.1,
+        description="Products bought by more than this share of customers are ignored: they "
+        "link everyone and tell customers apart least.",
+    )
+    exclude_products: list[str] = Field(
+        default_factory=list,
+        description="Product ids left out (postage, fees: e.g. [POST, DOT, M, C2]).",
+    )
+    description_column: str | None = Field(
+        None, description="Source column with product names (e.g. Description); null: ids only."
+    )
+    resolution: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="Louvain resolution: above 1 gives more, smaller communities."
+    )
+    min_community_size: Annotated[int, Field(ge=1)] = Field(
+        20, description="Smaller communities are summed up as one line in the report."
+    )
+    top_products: Annotated[int, Field(ge=1, le=20)] = Field(
+        5, description="Products shown per community (those most over-bought in it)."
+    )
+
+
 class Config(_Section):
     """The whole configuration of one report."""
 
@@ -454,6 +823,10 @@ class Config(_Section):
     segmentation: SegmentationSection = Field(
         default_factory=SegmentationSection, description="Clustering into segments."
     )
+    representation: RepresentationSection = Field(
+        default_factory=RepresentationSection,
+        description="Extended features, a learned embedding, and the space clustered.",
+    )
     playbook: dict[PlaybookName, PlaybookEntry] = Field(
         default_factory=dict, description="Per segment name, overrides of the default actions."
     )
@@ -461,6 +834,15 @@ class Config(_Section):
         default_factory=HistorySection, description="Comparison with the previous run."
     )
     output: OutputSection = Field(default_factory=OutputSection, description="Output folders.")
+    email: EmailSection | None = Field(
+        None, description="The summary email; null: none (it is sent only with --send)."
+    )
+    fairness: FairnessSection = Field(
+        default_factory=FairnessSection, description="Fairness audit of the segments (off)."
+    )
+    graph: GraphSection = Field(
+        default_factory=GraphSection, description="Customer graph and communities (off)."
+    )
     seed: int = Field(42, description="Seed of every random step.")
     _source_file: str | None = PrivateAttr(None)  # the YAML file read, set by the loader
 
@@ -474,6 +856,26 @@ class Config(_Section):
             data = {**{name: {} for name in sections}, **data}
         return data
 
+    @field_validator("representation")
+    @classmethod
+    def _share_columns_are_attributes(
+        cls, value: RepresentationSection, info: ValidationInfo
+    ) -> RepresentationSection:
+        source = (info.data or {}).get("input")
+        known = source.attributes if isinstance(source, InputSection) else None
+        unknown = [c for c in value.share_columns or [] if known is not None and c not in known]
+        if unknown:
+            raise ValueError(f"@share_columns: {unknown} are not in input.attributes {known}; "
+                             "add them there (spend shares are read per transaction)")  # fmt: skip
+        return value
+
+    @model_validator(mode="after")
+    def _extensions_consistent(self) -> Config:
+        problems = _fairness_problems(self) + _graph_problems(self)
+        if problems:
+            raise ValueError(problems[0])  # one at a time: they name different keys
+        return self
+
     @property
     def source_file(self) -> str | None:
         """The YAML file this config was read from (None when built from a dict)."""
@@ -482,6 +884,46 @@ class Config(_Section):
 
 def _is_section(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, _Section)
+
+
+def _fairness_problems(config: Config) -> list[str]:
+    """fairness: attributes that exist, and discount segments that are segment names."""
+    cfg, known = config.fairness, config.input.attributes
+    unknown = [a for a in cfg.attributes if a not in known]
+    if unknown:
+        return [f"@fairness: attributes {unknown} are not in input.attributes {known}; add them "
+                "there (the audit reads the columns kept per customer)"]  # fmt: skip
+    if cfg.enabled and not known:
+        return ["@fairness: enabled, but input.attributes is empty: list the columns to audit "
+                "there (e.g. attributes: [Country])"]  # fmt: skip
+    if isinstance(cfg.discount_segments, list):
+        from .playbook import unknown_names, unknown_names_message
+
+        extra = [] if config.rfm.segment_map == "builtin" else _map_names(config.rfm.segment_map)
+        wrong = unknown_names(cfg.discount_segments, extra)
+        if wrong:
+            message = unknown_names_message(wrong, extra).split(": ", 1)[1]
+            return [f"@fairness: discount_segments {wrong}: {message}"]
+    return []
+
+
+def _map_names(segment_map: Any) -> list[str]:
+    from .grid import load_segment_map
+
+    return list(load_segment_map(segment_map).names)
+
+
+def _graph_problems(config: Config) -> list[str]:
+    """graph: a product column, and the optional extra installed."""
+    if not config.graph.enabled:
+        return []
+    if config.input.columns.product_id is None:
+        return ["@graph: enabled, but input.columns.product_id is not mapped: map the product "
+                "column (e.g. product_id: StockCode) or set graph.enabled: false"]  # fmt: skip
+    from .graph import missing_extra_message
+
+    message = missing_extra_message()
+    return [f"@graph: {message}"] if message else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,6 +1072,7 @@ def _is_union_tag(part: Any) -> bool:
     # pydantic adds the tried union member to the location, e.g. ('as_of', 'literal[...]')
     return isinstance(part, str) and (
         "[" in part or part in {"date", "str", "int", "float", "list", "dict", "function-after"}
+        or part.startswith("constrained-")  # Annotated[int, Field(ge=2)] in a union
     )
 
 

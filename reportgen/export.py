@@ -19,6 +19,9 @@ from .model import Report
 from .rfm import RfmTable
 from .history import snapshot_of, write_snapshot
 from .segment import segment_columns, segmentation_summary
+from .fairness import fairness_frame, fairness_summary
+from .graph import communities_frame, graph_summary
+from .comparison import comparison_summary
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,20 @@ def write_exports(report: Report, folder: Path) -> list[Path]:
         _write_csv(_money_columns(report.changes.moved_into_risk, report.rfm.minor_digits), moved,
                    bom=report.config.output.csv_bom)  # fmt: skip
         written.append(moved)
+    written += _write_extensions(report, folder)
+    return written
+
+
+def _write_extensions(report: Report, folder: Path) -> list[Path]:
+    """fairness.csv and communities.csv, when those sections are on."""
+    written = []
+    bom = report.config.output.csv_bom
+    if report.fairness is not None:
+        _write_csv(fairness_frame(report.fairness), folder / "fairness.csv", bom=bom)
+        written.append(folder / "fairness.csv")
+    if report.graph is not None:
+        _write_csv(communities_frame(report.graph), folder / "communities.csv", bom=bom)
+        written.append(folder / "communities.csv")
     return written
 
 
@@ -61,7 +78,8 @@ def export_table(rfm: RfmTable, segments: pl.DataFrame, attributes: list[str]) -
     """The per-customer export: money as exact decimals, sorted by customer_id."""
     frame = rfm.frame.join(segments, on="customer_id", how="left").drop("gross_minor")
     frame = _money_columns(frame, rfm.minor_digits).with_columns(pl.col("return_rate").round(6))
-    return frame.select(*_EXPORT_COLUMNS, *attributes).sort("customer_id")
+    soft = [c for c in segments.columns if c.startswith("membership_")]  # GMM chosen: per segment
+    return frame.select(*_EXPORT_COLUMNS, *attributes, *soft).sort("customer_id")
 
 
 def _write_csv(table: pl.DataFrame, path: Path, bom: bool) -> None:
@@ -89,6 +107,10 @@ def build_summary(report: Report) -> dict[str, Any]:
         "rfm": _rfm_part(report.rfm),
         "segmentation": segmentation_summary(report.segmentation),
         "changes": _changes_part(report),
+        "fairness": fairness_summary(report.fairness) if report.fairness is not None else None,
+        "graph": graph_summary(report.graph) if report.graph is not None else None,
+        "comparison": None if report.comparison is None
+        else comparison_summary(report.comparison, report.rfm.minor_digits),
         "versions": report.versions,
     }
 

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 
 from .clean import CleaningAudit
 from .compare import Changes
+from .comparison import Comparison
 from .config import Config
 from .eda import Eda
+from .fairness import FairnessAudit
+from .graph import CustomerGraph
 from .grid import SegmentMap
 from .period import Period
 from .read import Source
@@ -32,6 +35,9 @@ class Report:
     generated_at: dt.datetime
     versions: dict[str, str]
     changes: Changes | None  # None on the first run of a report
+    fairness: FairnessAudit | None = None  # config.fairness.enabled
+    graph: CustomerGraph | None = None  # config.graph.enabled
+    comparison: Comparison | None = None  # segmentation.compare or a representation is on
 
     @property
     def run_name(self) -> str:

@@ -22,14 +22,25 @@ from .compare import compare_runs
 from .eda import Eda, build_eda, eda_queries
 from .errors import InputDataError
 from .export import write_exports
+from .fairness import FairnessAudit, audit_fairness
+from .graph import PAIRS_QUERY, PRODUCTS_QUERY, CustomerGraph, build_customer_graph, graph_queries
 from .grid import SegmentMap, load_segment_map
 from .history import Snapshot, previous_snapshot, snapshot_of
+from .mail import SmtpFactory, email_settings, keep_marker, read_marker, send_password, send_run
 from .model import Report
 from .output import prepare_report_dir, report_lock, write_run_folder
 from .period import Period, PeriodRequest, request_period, window_start
+from .pushdown import collect_stage, is_pushdown
 from .read import FILE, ROW, Source, located_read_error, read_transactions
 from .rfm import RfmTable, finish_rfm, rfm_query
-from .segment import PreviousSegments, segment_customers
+from .segment import PreviousSegments, Segmentation, segment_customers
+from .comparison import Comparison, compare_segmentations
+from .representation import (
+    Representation,
+    build_representation,
+    representation_frames,
+    representation_queries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +62,50 @@ def run(
     as_of: str | dt.date | None = None,
     output: str | Path | None = None,
     stage: Stage | None = None,
+    send: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    smtp_class: SmtpFactory | None = None,
 ) -> RunResult:
-    """Compute the report and write its run folder (gather first, then write)."""
+    """Compute the report and write its run folder (gather first, then write); with `send`,
+    then email it (`dry_run`: say what would be sent; `force`: even if sent before).
+
+    Sending fails with DeliveryError (exit 5) after the run folder is complete, and with
+    AlreadySentError (exit 2) when this run's sent.json exists and `force` is not given."""
     if not isinstance(config, Config):
         config = load_config(config)
+    if dry_run:
+        email_settings(config)  # no email section: a config error, before any work
+    password = send_password(config) if send and not dry_run else None  # idem
     root = output if output is not None else config.output.dir
     report_dir = prepare_report_dir(root, config.report.report_slug)
     with report_lock(report_dir):
         report = compute_report(config, as_of=as_of, stage=stage, history_dir=report_dir)
         (stage or _quiet)("Writing the run folder")
-        paths = write_run_folder(report_dir, report.run_name, lambda d: write_exports(report, d))
-    return RunResult(report, report_dir / report.run_name, paths)
+        folder = report_dir / report.run_name
+        marker = read_marker(folder)  # a re-run of a sent as-of keeps its sent.json
+        paths = write_run_folder(report_dir, report.run_name, lambda d: write_run_files(report, d))
+        keep_marker(marker, folder)
+        if send or dry_run:
+            (stage or _quiet)("Sending the email" if not dry_run else "Checking the email")
+            sent = send_run(folder, config, force=force, dry_run=dry_run, password=password,
+                            smtp_class=smtp_class)  # fmt: skip
+            paths += [path for path in sent if path not in paths]
+    return RunResult(report, folder, paths)
+
+
+def write_run_files(report: Report, folder: Path) -> list[Path]:
+    """Every file of a run: the exports, then the reports, then the email (it attaches the PDF)."""
+    from .context import build_context
+    from .mail import write_email
+    from .render import write_reports
+
+    ctx = build_context(report)  # one content model for the HTML, the PDF and the email
+    return [
+        *write_exports(report, folder),
+        *write_reports(report, folder, ctx=ctx),
+        *write_email(report, folder, ctx=ctx),
+    ]
 
 
 @dataclass(frozen=True)
@@ -74,6 +118,10 @@ class RfmStage:
     eda: Eda
     rfm: RfmTable
     segment_map: SegmentMap
+    # graph.enabled: unique (customer_id, product_id) of kept purchases, and product names
+    purchases: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
+    # representation.features: extended: basket sizes and spend shares per customer
+    extras: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
 
 
 def compute_report(
@@ -92,9 +140,12 @@ def compute_report(
     previous = _previous(config, history_dir, facts.period.as_of)
     stage("Segmenting customers")
     earlier = _previous_segments(config, previous)
+    representation = build_representation(facts.rfm, facts.extras, config)  # None unless on
     segmentation = segment_customers(
-        facts.rfm, config.segmentation, config.playbook, config.seed, earlier
+        facts.rfm, config.segmentation, config.playbook, config.seed, earlier,
+        space=representation.clustered if representation is not None else None,
     )
+    fairness, graph = _extensions(config, facts, segmentation, stage)
     report = Report(
         config=config,
         source=facts.source,
@@ -108,6 +159,9 @@ def compute_report(
         generated_at=generated_at(now),
         versions=_versions(),
         changes=None,
+        fairness=fairness,
+        graph=graph,
+        comparison=_comparison(config, facts, segmentation, representation, stage),
     )
     if previous is None:
         return report
@@ -115,6 +169,40 @@ def compute_report(
         previous, snapshot_of(report), config.history.risk_segments, segmentation.continuity
     )
     return dataclasses.replace(report, changes=changes)
+
+
+def _extensions(
+    config: Config, facts: RfmStage, segmentation: Segmentation, stage: Stage
+) -> tuple[FairnessAudit | None, CustomerGraph | None]:
+    """The optional fairness audit and customer graph (both off by default)."""
+    fairness = graph = None
+    if config.fairness.enabled:
+        stage("Auditing the segments for fairness")
+        fairness = audit_fairness(facts.rfm, segmentation, config.fairness, config.input.attributes)
+    if config.graph.enabled and PAIRS_QUERY in facts.purchases:
+        stage("Building the customer graph")
+        graph = build_customer_graph(
+            facts.purchases[PAIRS_QUERY], facts.purchases.get(PRODUCTS_QUERY), segmentation,
+            facts.rfm, config.graph, config.seed,
+        )  # fmt: skip
+    elif config.graph.enabled:
+        log.warning("graph.enabled: the customer graph needs the purchase lines, which database "
+                    "and Spark sources do not bring back; it is left out of this report")  # fmt: skip
+    return fairness, graph
+
+
+def _comparison(
+    config: Config,
+    facts: RfmStage,
+    segmentation: Segmentation,
+    representation: Representation | None,
+    stage: Stage,
+) -> Comparison | None:
+    """Clustering methods side by side, and the representation against RFM (both off by default)."""
+    if not config.segmentation.compare and representation is None:
+        return None
+    stage("Comparing clustering methods")
+    return compare_segmentations(facts.rfm, segmentation, config, representation)
 
 
 def _previous(config: Config, history_dir: Path | None, as_of: dt.date) -> Snapshot | None:
@@ -147,6 +235,10 @@ def compute_rfm_stage(
     stage("Reading the transactions")
     request = request_period(config.period, as_of, now)
     segment_map = load_segment_map(config.rfm.segment_map)
+    if is_pushdown(config.input):  # a database or Spark source: the queries run there
+        stage("Cleaning and computing RFM in the database")
+        pushed = collect_stage(config, request)
+        return _pushed_rfm_stage(pushed.results, pushed.cleaned, request, config, segment_map)
     tx = read_transactions(config.input, config.report.currency, config.period.timezone)
     cleaned = annotate(tx, config.cleaning, request)
     stage("Cleaning and computing RFM")
@@ -159,7 +251,23 @@ def compute_rfm_stage(
     period = _resolved_period(results["totals"].row(0, named=True), request, audit)
     rfm = finish_rfm(results["rfm"], config.rfm, segment_map, tx.minor_digits, period.window_start)
     _check_not_empty(audit, rfm)
-    return RfmStage(tx.source, period, audit, build_eda(results), rfm, segment_map)
+    purchases = {k: results[k] for k in (PAIRS_QUERY, PRODUCTS_QUERY) if k in results}
+    return RfmStage(tx.source, period, audit, build_eda(results), rfm, segment_map, purchases,
+                    representation_frames(results))  # fmt: skip
+
+
+def _pushed_rfm_stage(
+    results: dict[str, pl.DataFrame], cleaned: Cleaned, request: PeriodRequest, config: Config,
+    segment_map: SegmentMap,
+) -> RfmStage:  # fmt: skip
+    """The stage from the frames a database or Spark computed (pushdown.collect_stage)."""
+    audit = build_audit(results, cleaned)
+    period = _resolved_period(results["totals"].row(0, named=True), request, audit)
+    digits = cleaned.transactions.minor_digits
+    rfm = finish_rfm(results["rfm"], config.rfm, segment_map, digits, period.window_start)
+    _check_not_empty(audit, rfm)
+    source = cleaned.transactions.source
+    return RfmStage(source, period, audit, build_eda(results), rfm, segment_map)
 
 
 def _quiet(_: str) -> None:
@@ -170,6 +278,8 @@ def _collect(cleaned: Cleaned, config: Config) -> dict[str, pl.DataFrame]:
     """One collect for everything read from the transactions (shared scan and cleaning)."""
     examples = config.cleaning.examples_per_rule
     queries = audit_queries(cleaned, examples) | eda_queries(cleaned) | {"rfm": rfm_query(cleaned)}
+    queries |= graph_queries(cleaned, config)  # empty unless graph.enabled
+    queries |= representation_queries(cleaned, config)  # empty unless features: extended
     try:
         frames = pl.collect_all(list(queries.values()))
     except pl.exceptions.ComputeError as exc:
@@ -189,7 +299,7 @@ def _check_input(totals: dict, cleaned: Cleaned, config: Config) -> None:
         _raise_with_rows(
             cleaned, "_bad_id",
             f"{count(totals['bad_ids'], 'customer id')} in column {cols.customer_id!r} stored as "
-            "floats at or above 2^53 (digits lost); export the column as text",
+            "floats with a fraction or at or above 2^53 (digits lost); export the column as text",
         )  # fmt: skip
     if totals["bad_amounts"]:
         names = cols.amount or f"{cols.quantity}/{cols.unit_price}"

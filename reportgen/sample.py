@@ -7,6 +7,13 @@ the cleaning stage must remove is planted in fixed numbers: guest lines without 
 cancellation invoices (`C<number>`) that negate earlier lines of the same customer, zero and
 negative prices, and exact duplicate rows. Everything is drawn with numpy from one seed, without
 per-row Python loops, so the same `SampleSpec` always gives the same frame.
+
+With `demographics=True` every customer also gets an age band, a gender and a region
+(`DEMOGRAPHICS`), drawn independently of the customer type, so a fairness audit of the segments
+finds nothing. `planted_bias` (0..1) plants one: that share of the customers of one type
+(`PLANTED_BIAS`: churned customers) is moved into one age band, so the segments the churned
+customers fall into (and the win-back discounts they get) over-represent that band. The
+demographic draws use their own random stream: the other columns do not change with them.
 """
 
 from __future__ import annotations
@@ -73,6 +80,18 @@ _PROFILES: dict[str, _Profile] = {
 }
 _NEW = list(CUSTOMER_TYPES).index("new")
 
+# Optional demographic columns: value -> share of customers (independent of the customer type).
+DEMOGRAPHICS: dict[str, dict[str, float]] = {
+    "AgeBand": {"18-24": 0.12, "25-34": 0.22, "35-44": 0.21, "45-54": 0.19, "55-64": 0.15,
+                "65+": 0.11},
+    "Gender": {"Female": 0.51, "Male": 0.47, "Not stated": 0.02},
+    "Region": {"London": 0.18, "South East": 0.20, "South West": 0.10, "Midlands": 0.17,
+               "North": 0.23, "Scotland": 0.08, "Wales": 0.04},
+}  # fmt: skip
+# (customer type, column, value): `planted_bias` of that type's customers get that value.
+PLANTED_BIAS = ("churned", "AgeBand", "65+")
+_DEMOGRAPHICS_STREAM = 7_919  # mixed into the seed: a stream of its own
+
 _COUNTRIES: dict[str, float] = {
     "United Kingdom": 0.880, "Germany": 0.022, "France": 0.020, "EIRE": 0.010, "Spain": 0.007,
     "Belgium": 0.006, "Switzerland": 0.005, "Portugal": 0.005, "Italy": 0.004, "Finland": 0.003,
@@ -99,6 +118,8 @@ class SampleSpec:
     seed: int = 42
     start: datetime.date = datetime.date(2023, 1, 1)
     end: datetime.date = datetime.date(2024, 12, 31)  # inclusive
+    demographics: bool = False  # add the DEMOGRAPHICS columns (AgeBand, Gender, Region)
+    planted_bias: float = 0.0  # share of PLANTED_BIAS's type moved into its group (0..1)
 
     def __post_init__(self) -> None:
         problems = _spec_problems(self)
@@ -126,7 +147,17 @@ def _spec_problems(spec: SampleSpec) -> list[str]:
     problems += [f"{name}: expected a datetime.date, got {value!r}" for name, value in dates]
     if not dates and spec.end < spec.start:
         problems.append(f"end: expected a date on or after start ({spec.start}), got {spec.end}")
-    return problems
+    return problems + _bias_problems(spec)
+
+
+def _bias_problems(spec: SampleSpec) -> list[str]:
+    """The demographic options: a share in [0, 1], and only with the demographic columns."""
+    bias = spec.planted_bias
+    if isinstance(bias, bool) or not isinstance(bias, numbers.Real) or not 0 <= bias <= 1:
+        return [f"planted_bias: expected a number from 0 to 1, got {bias!r}"]
+    if bias > 0 and not spec.demographics:
+        return ["planted_bias: needs demographics=True (the bias is planted in those columns)"]
+    return []
 
 
 def _is_int(value: object) -> bool:
@@ -212,6 +243,9 @@ def generate_transactions(spec: SampleSpec) -> pl.DataFrame:
     number, order = _placement(invoices, rows)
     order = _duplicate(order, budget.duplicates, dirt_rng)
     frame = _frame(spec, invoices, number, lines, rows, order)
+    if spec.demographics:
+        per_invoice = _invoice_demographics(spec, people, invoices.customer)
+        frame = frame.with_columns(s.gather(rows.invoice[order]) for s in per_invoice)
     log.info(
         "Generated %d sample rows for %d customers (seed %d)",
         frame.height,
@@ -230,6 +264,63 @@ def planted_types(spec: SampleSpec) -> pl.DataFrame:
             "customer_type": pl.Series(list(CUSTOMER_TYPES)).gather(people.kind),
         }
     )
+
+
+def planted_demographics(spec: SampleSpec) -> pl.DataFrame:
+    """The demographic columns of every generated customer (needs `spec.demographics`)."""
+    if not spec.demographics:
+        raise ValueError("planted_demographics: the spec has demographics=False")
+    people = _customers(spec, np.random.default_rng(spec.seed).spawn(4)[0])
+    codes = _customer_demographics(spec, people.kind, _demographics_rng(spec))
+    return pl.DataFrame(
+        [
+            pl.Series("CustomerID", np.arange(spec.customers, dtype=np.float64) + _FIRST_CUSTOMER),
+            *(pl.Series(n, list(DEMOGRAPHICS[n])).gather(code) for n, code in codes.items()),
+        ]
+    )
+
+
+def _demographics_rng(spec: SampleSpec) -> np.random.Generator:
+    """The demographic draws' own stream, so the other columns do not depend on them."""
+    return np.random.default_rng([spec.seed, _DEMOGRAPHICS_STREAM])
+
+
+def _customer_demographics(
+    spec: SampleSpec, kind: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Per customer and column, the index of its value; the planted bias applied last."""
+    codes = {
+        name: rng.choice(len(values), size=kind.size, p=_normalised(values))
+        for name, values in DEMOGRAPHICS.items()
+    }
+    planted_type, column, value = PLANTED_BIAS
+    moved = (kind == list(CUSTOMER_TYPES).index(planted_type)) & (
+        rng.random(kind.size) < spec.planted_bias
+    )
+    codes[column] = np.where(moved, list(DEMOGRAPHICS[column]).index(value), codes[column])
+    return codes
+
+
+def _invoice_demographics(
+    spec: SampleSpec, people: _Customers, customer: np.ndarray
+) -> list[pl.Series]:
+    """Per invoice, each demographic column: the customer's value, or a fresh draw for guests."""
+    rng = _demographics_rng(spec)
+    codes = _customer_demographics(spec, people.kind, rng)
+    known = np.maximum(customer, 0)
+    columns = []
+    for name, values in DEMOGRAPHICS.items():
+        guest = rng.choice(len(values), size=customer.size, p=_normalised(values))
+        code = np.where(customer >= 0, codes[name][known], guest)
+        columns.append(pl.Series(name, list(values)).gather(code))
+    return columns
+
+
+def _normalised(shares: dict[str, float]) -> np.ndarray:
+    """Probabilities from shares that may not sum to exactly 1."""
+    values = np.array(list(shares.values()))
+    normalised: np.ndarray = values / values.sum()
+    return normalised
 
 
 def write_sample(

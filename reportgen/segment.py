@@ -235,6 +235,9 @@ class Segmentation:
     warnings: tuple[Notice, ...]
     kept_names: tuple[str, ...] = ()  # names matched to the previous run's centroids
     continuity: str = ""  # how names relate to the previous run, in a sentence
+    algorithm: str = "kmeans"  # the algorithm whose clusters these are (algorithms.py)
+    algorithm_note: str = ""  # how that algorithm's parameters were chosen ('' for K-Means)
+    membership: pl.DataFrame | None = None  # GMM: customer_id, membership_<segment> columns
 
     @property
     def k(self) -> int:
@@ -252,11 +255,14 @@ def segment_customers(
     playbook: Mapping[str, PlaybookEntry],
     seed: int,
     previous: PreviousSegments | None = None,
+    space: Any | None = None,
 ) -> Segmentation:
     """Cluster the scored customers, choose k, name, profile and plan actions.
 
     With `previous`, clusters whose centroid lies near a previous centroid keep its name, and
-    `k_policy: keep_previous` reuses its k.
+    `k_policy: keep_previous` reuses its k. With `space` (a representation.Space, one row per
+    scored customer) the clustering runs in that space; segments are still described in the
+    features. `cfg.algorithm` other than kmeans: that algorithm's clusters (algorithms.py).
 
     Raises InputDataError when the data cannot give the segments asked (too few customers or
     distinct points, a constant feature) and ConfigError when the limits leave no k.
@@ -269,7 +275,7 @@ def segment_customers(
     if previous is not None and cfg.k_policy == "keep_previous":
         cfg = cfg.model_copy(update={"k": previous.k})
     with threadpool_limits(limits=_THREADS):
-        seg = _segment(rfm, cfg, playbook, seed, previous)
+        seg = _segment(rfm, cfg, playbook, seed, previous, space)
     if previous is not None and cfg.k_policy == "keep_previous":
         reason = f"k={previous.k} is kept from the run of {previous.as_of} (k_policy: keep_previous)."
         seg = dataclasses.replace(seg, choice=dataclasses.replace(seg.choice, rule="kept", reason=reason))
@@ -288,6 +294,7 @@ class _Fit:
     evidence: list[KEvidence]
     choice: KChoice
     model: Any  # the final KMeans, fitted on every scored customer
+    final: Any = None  # algorithms.FinalAssignment when another algorithm or space decided
 
 
 def _segment(
@@ -296,6 +303,7 @@ def _segment(
     playbook: Mapping[str, PlaybookEntry],
     seed: int,
     previous: PreviousSegments | None,
+    space: Any | None = None,
 ) -> Segmentation:
     scored = rfm.scored
     grid_names = _grid_names(scored)
@@ -310,8 +318,13 @@ def _segment(
     evidence = sweep(coords, ks, fit_idx, sil_idx, cfg, seed, len(grid_names))
     choice = _choose(evidence, cfg, len(grid_names))
     model = _kmeans(choice.k, cfg, seed).fit(coords)  # the final model sees every customer
-    fit = _Fit(transform, coords, outlier, fit_idx, sil_idx, evidence, choice, model)
+    final = _other_algorithm(cfg, coords, space, choice, seed, len(grid_names))
+    if final is not None:  # its labels replace K-Means' before naming and profiling
+        model, choice, plays = final.model, final.choice, plays | final.plays
+    fit = _Fit(transform, coords, outlier, fit_idx, sil_idx, evidence, choice, model, final)
     kept = match_previous(model.cluster_centers_, transform, previous)
+    if final is not None:
+        kept = final.names_kept(kept)
     named = name_clusters(
         model.cluster_centers_, coords, scored["rfm_grid_segment"], grid_names, kept
     )
@@ -321,6 +334,15 @@ def _segment(
         kept_names=tuple(sorted(kept.values())),
         continuity=_continuity(previous, kept, cfg, choice.k),
     )
+
+
+def _other_algorithm(cfg, coords, space, choice, seed, names):
+    """The chosen algorithm's assignment (algorithms.py); None for K-Means on the features."""
+    if cfg.algorithm == "kmeans" and space is None:
+        return None
+    from .algorithms import final_assignment
+
+    return final_assignment(cfg, coords, space, choice, seed, names)
 
 
 def _grid_names(scored: pl.DataFrame) -> list[str]:
@@ -908,7 +930,7 @@ def _assemble(
     sil_frame = assignments[fit.sil_idx].select("customer_id", "label", "segment")
     sil = silhouette_values(fit.coords[fit.sil_idx], [labels[fit.sil_idx]])[0]
     sil_frame = sil_frame.with_columns(pl.Series("silhouette", sil))
-    stability = measure_stability(
+    stability = fit.final.stability if fit.final is not None else measure_stability(
         fit.coords[fit.fit_idx], labels[fit.fit_idx], fit.choice.k, cfg, seed
     )
     frame = _profile_frame(rfm, assignments)
@@ -945,7 +967,23 @@ def _assemble(
         recommendations=tuple(rank_actions(actions)),
         revenue_at_stake_definition=REVENUE_AT_STAKE_DEFINITION,
         warnings=tuple(sufficiency_warnings(rfm, profiles) + _stability_notice(stability)),
+        **_final_fields(fit, named, rfm.scored["customer_id"]),
     )
+
+
+def _final_fields(fit: _Fit, named: _Named, customer_ids: pl.Series) -> dict[str, Any]:
+    """The algorithm, its note and the soft membership (GMM) of another algorithm's clusters."""
+    if fit.final is None:
+        return {}
+    from .algorithms import membership_frame
+
+    membership = fit.final.membership
+    return {
+        "algorithm": fit.final.algorithm,
+        "algorithm_note": fit.final.note,
+        "membership": None if membership is None
+        else membership_frame(customer_ids, membership, named.order, named.names),
+    }
 
 
 def _assignments(scored: pl.DataFrame, fit: _Fit, named: _Named) -> tuple[pl.DataFrame, np.ndarray]:
@@ -1161,7 +1199,7 @@ def segment_columns(seg: Segmentation, rfm: RfmTable) -> pl.DataFrame:
     joined = rfm.frame.select("customer_id", "rfm_grid_segment").join(
         seg.assignments.select("customer_id", "segment", "outlier"), on="customer_id", how="left"
     )
-    return joined.select(
+    columns = joined.select(
         "customer_id",
         pl.when(pl.col("segment").is_null())
         .then(_excluded_reason())
@@ -1169,6 +1207,9 @@ def segment_columns(seg: Segmentation, rfm: RfmTable) -> pl.DataFrame:
         .alias("segment"),
         pl.col("outlier").fill_null(False),
     ).sort("customer_id")
+    if seg.membership is None:
+        return columns
+    return columns.join(seg.membership, on="customer_id", how="left")  # GMM soft membership
 
 
 def segmentation_summary(seg: Segmentation) -> dict[str, Any]:
@@ -1235,10 +1276,18 @@ def _money_fn(digits: int):
     return lambda minor: minor / 10**digits
 
 
+def _algorithm_words(algorithm: str) -> str:
+    from .algorithms import DESCRIPTIONS
+
+    return DESCRIPTIONS.get(algorithm, algorithm)
+
+
 def _method_part(seg: Segmentation) -> dict[str, Any]:
     cfg, t = seg.settings, seg.transform
     return {
-        "algorithm": "k-means (scikit-learn KMeans, Lloyd)",
+        "algorithm": _algorithm_words(seg.algorithm),
+        "algorithm_name": seg.algorithm,
+        "algorithm_note": seg.algorithm_note,
         "n_init": cfg.n_init,
         "seed": seg.seed,
         "features": list(t.features),

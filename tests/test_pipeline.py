@@ -14,6 +14,7 @@ from reportgen.cli import cli
 SLUG = "online-retail-customer-segmentation"
 EXPORTS = (
     "segments.parquet", "segments.csv", "summary.json", "snapshot.json", "snapshot_customers.parquet",
+    "report.html", "report.pdf", "email.eml",
 )  # fmt: skip
 
 
