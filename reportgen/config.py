@@ -70,6 +70,17 @@ class ReportSection(_Section):
     templates_dir: str | None = Field(
         None, description="Folder of templates overriding ours by file name (the rest fall back)."
     )
+    logo: str | None = Field(
+        None, description="Logo file (PNG, JPEG, GIF, WebP or SVG) shown on the report cover."
+    )
+    accent_color: str | None = Field(
+        None, pattern=r"^#[0-9a-fA-F]{6}$", description="Accent colour of the reports, #rrggbb."
+    )
+
+    @field_validator("logo")
+    @classmethod
+    def _resolve_logo(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _resolve_path(value, info)
 
     @field_validator("templates_dir")
     @classmethod

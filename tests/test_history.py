@@ -166,3 +166,26 @@ def test_two_runs_at_once_one_fails_with_exit_7(tmp_path, shipped_config_path):
     assert json.loads((folder / "summary.json").read_text())["rfm"]["customers"] == 4338
     assert pl.read_parquet(folder / "segments.parquet").height == 4338
     assert not [p for p in folder.parent.iterdir() if p.name.startswith((".tmp", ".old"))]
+
+
+def test_second_report_and_email_show_the_changes(two_dates):
+    """The HTML, the PDF and the email of the second run carry the headlines; the first says first."""
+    from pypdf import PdfReader
+
+    later = _summary(two_dates, "2011-12-09")["changes"]
+    headline = later["headlines"][-2]  # "N customers are new in this period and M are gone."
+    html = (two_dates / "2011-12-09" / "report.html").read_text()
+    assert headline in html
+    pdf_text = " ".join(
+        page.extract_text() for page in PdfReader(two_dates / "2011-12-09" / "report.pdf").pages
+    )
+    assert "new in this period" in " ".join(pdf_text.split())
+    assert "Changes since the previous report" in pdf_text
+    eml = (two_dates / "2011-12-09" / "email.eml").read_bytes()
+    from email import policy
+    from email.parser import BytesParser
+
+    message = BytesParser(policy=policy.default).parsebytes(eml)
+    assert "new in this period" in message.get_body(("plain",)).get_content()
+    first_html = (two_dates / "2011-06-30" / "report.html").read_text()
+    assert "This is the first report" in first_html
