@@ -155,8 +155,9 @@ def refit(
     membership, core = None, None
     if method == "kmeans":
         labels = _kmeans(params["k"], cfg.n_init, seed).fit(fit_coords).labels_
-    elif method == "gmm":
-        model = _gmm(params["k"], params["covariance"], cfg.n_init, seed).fit(fit_coords)
+    elif method == "gmm":  # fitted on the k sweep's sample, then every customer is scored
+        sample = coords[_fit_sample(len(coords), cfg, seed)]
+        model = _gmm(params["k"], params["covariance"], cfg.n_init, seed).fit(sample)
         labels, membership = model.predict(fit_coords), model.predict_proba(fit_coords)
     else:
         labels, core = _fit_sampled(method, fit_coords, params, seed)
@@ -400,6 +401,13 @@ def _one_thread():
     return threadpool_limits(limits=1)
 
 
+def _fit_sample(n: int, cfg: SegmentationSection, seed: int) -> np.ndarray:
+    """segment.py's seeded fit sample (the k sweep's): at most fit_sample_size customers."""
+    from .segment import draw_samples
+
+    return draw_samples(n, cfg, seed)[0]
+
+
 def _sample(n: int, size: int, seed: int) -> np.ndarray:
     """A seeded sample of at most `size` of n rows, as sorted indices."""
     if n <= size:
@@ -493,15 +501,21 @@ def bootstrap_ari(
     result: Clustering, coords: np.ndarray, cfg: SegmentationSection, seed: int
 ) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """Refit on `stability_seeds` bootstrap samples (their distinct customers) with the same
-    parameters; the adjusted Rand index against `result.labels` on the customers each holds."""
+    parameters; the adjusted Rand index against `result.labels` on the customers each holds.
+
+    Samples are drawn from the k sweep's seeded sample (at most fit_sample_size customers), as
+    segment.measure_stability refits on it: the cost does not grow with the customer count.
+    """
     from sklearn.metrics import adjusted_rand_score
 
     rng = np.random.default_rng([seed, 2])
     seeds = tuple(int(s) for s in rng.integers(0, 2**31 - 1, size=cfg.stability_seeds))
+    base = _fit_sample(len(coords), cfg, seed)
     scores = []
     with _one_thread():
         for s in seeds:
-            drawn = np.unique(np.random.default_rng(s).integers(0, len(coords), size=len(coords)))
+            picks = np.random.default_rng(s).integers(0, len(base), size=len(base))
+            drawn = np.unique(base[picks])
             again = refit(result.method, coords[drawn], result.parameters, cfg, s)
             scores.append(float(adjusted_rand_score(result.labels[drawn], again.labels)))
     return seeds, tuple(scores)

@@ -104,6 +104,17 @@ def test_sampled_methods_extend_to_everyone(blobs, method):
     assert _inlier_ari(result.labels, truth) >= 0.95
 
 
+def test_mixture_and_bootstrap_use_the_fit_sample(blobs):
+    """With fit_sample_size 200 of 930: the mixture is fitted on 200, every customer is scored."""
+    coords, truth = blobs
+    cfg = SegmentationSection(fit_sample_size=200, silhouette_sample_size=100, stability_seeds=2)
+    result = cluster("gmm", coords, cfg, 4, seed=42)
+    assert len(result.labels) == len(coords) and result.membership.shape[0] == len(coords)
+    assert _inlier_ari(result.labels, truth) >= 0.95
+    _, ari = bootstrap_ari(result, coords, cfg, 42)
+    assert min(ari) >= 0.9
+
+
 def test_heuristics_are_stated_with_their_values(blobs):
     """min_samples = 2 x dimensions; min_cluster_size = 2% of customers; eps from the knee."""
     coords, _ = blobs
