@@ -33,6 +33,7 @@ from .sql import (
     SqlSource,
     attribute_query,
     canonical_query,
+    check_config,
     check_source,
     customers_query,
     months_query,
@@ -92,7 +93,8 @@ def collect_stage(config: Config, request: PeriodRequest) -> PushedStage:
 
 
 def _check_supported(config: Config) -> None:
-    """Features that need row-level data are not pushed down (yet): say so before connecting."""
+    """Settings and features the queries cannot serve: say so before connecting."""
+    check_config(config.cleaning)
     graph = getattr(config, "graph", None)
     if graph is not None and graph.enabled and config.input.columns.product_id is not None:
         raise ConfigError(

@@ -61,8 +61,21 @@ class SqlSource:
         return self.columns.order_id is not None
 
 
+def check_config(cleaning: CleaningSection) -> None:
+    """Refuse settings the queries cannot reproduce (before connecting)."""
+    if isinstance(cleaning.duplicates, list):
+        raise ConfigError(
+            "cleaning.duplicates: a list of columns keeps the first of several rows, and a "
+            "database table has no row order; use `all` or `off` with a database or Spark source"
+        )
+    if any(c in cleaning.cancellation_prefix for c in "'\\"):
+        raise ConfigError(
+            "cleaning.cancellation_prefix: quotes and backslashes cannot be pushed down"
+        )
+
+
 def check_source(src: SqlSource) -> None:
-    """Refuse what the queries cannot reproduce, naming the column or key and the fix."""
+    """Refuse columns the queries cannot read, naming the column, its key and the fix."""
     cols = src.columns
     wanted = {f"input.columns.{k}": v for k, v in cols.mapped().items()}
     wanted |= {f"input.attributes[{i}]": a for i, a in enumerate(src.attributes)}
@@ -83,15 +96,6 @@ def check_source(src: SqlSource) -> None:
     _check_kind(src, cols.order_date, "order_date", _is_date)
     if cols.order_id is not None:
         _check_kind(src, cols.order_id, "order_id", _is_key)
-    if isinstance(src.cleaning.duplicates, list):
-        raise ConfigError(
-            "cleaning.duplicates: a list of columns keeps the first of several rows, and a "
-            "database table has no row order; use `all` or `off` with a database or Spark source"
-        )
-    if any(c in src.cleaning.cancellation_prefix for c in "'\\"):
-        raise ConfigError(
-            "cleaning.cancellation_prefix: quotes and backslashes cannot be pushed down"
-        )
 
 
 def _check_kind(src: SqlSource, name: str, key: str, accepted) -> None:

@@ -196,6 +196,8 @@ def test_defaults_of_a_minimal_config(tmp_path):
         "currency": "GBP",
         "locale": "en_GB",
         "templates_dir": None,
+        "logo": None,
+        "accent_color": None,
     }
     assert config.input.path == str(base / "tx.csv")
     assert config.input.format == "auto"
