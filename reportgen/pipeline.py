@@ -238,36 +238,32 @@ def compute_rfm_stage(
     if is_pushdown(config.input):  # a database or Spark source: the queries run there
         stage("Cleaning and computing RFM in the database")
         pushed = collect_stage(config, request)
-        return _pushed_rfm_stage(pushed.results, pushed.cleaned, request, config, segment_map)
-    tx = read_transactions(config.input, config.report.currency, config.period.timezone)
-    cleaned = annotate(tx, config.cleaning, request)
-    stage("Cleaning and computing RFM")
-    try:
-        results = _collect(cleaned, config)
-        _check_input(results["totals"].row(0, named=True), cleaned, config)
-    finally:
-        tx.release()
-    audit = build_audit(results, cleaned)
-    period = _resolved_period(results["totals"].row(0, named=True), request, audit)
-    rfm = finish_rfm(results["rfm"], config.rfm, segment_map, tx.minor_digits, period.window_start)
-    _check_not_empty(audit, rfm)
-    purchases = {k: results[k] for k in (PAIRS_QUERY, PRODUCTS_QUERY) if k in results}
-    return RfmStage(tx.source, period, audit, build_eda(results), rfm, segment_map, purchases,
-                    representation_frames(results))  # fmt: skip
+        results, cleaned = pushed.results, pushed.cleaned
+    else:
+        tx = read_transactions(config.input, config.report.currency, config.period.timezone)
+        cleaned = annotate(tx, config.cleaning, request)
+        stage("Cleaning and computing RFM")
+        try:
+            results = _collect(cleaned, config)
+            _check_input(results["totals"].row(0, named=True), cleaned, config)
+        finally:
+            tx.release()
+    return _rfm_stage_from(results, cleaned, request, config, segment_map)
 
 
-def _pushed_rfm_stage(
+def _rfm_stage_from(
     results: dict[str, pl.DataFrame], cleaned: Cleaned, request: PeriodRequest, config: Config,
     segment_map: SegmentMap,
 ) -> RfmStage:  # fmt: skip
-    """The stage from the frames a database or Spark computed (pushdown.collect_stage)."""
+    """Audit, period, scores and grid from the collected frames (embedded engine or pushdown)."""
     audit = build_audit(results, cleaned)
     period = _resolved_period(results["totals"].row(0, named=True), request, audit)
     digits = cleaned.transactions.minor_digits
     rfm = finish_rfm(results["rfm"], config.rfm, segment_map, digits, period.window_start)
     _check_not_empty(audit, rfm)
-    source = cleaned.transactions.source
-    return RfmStage(source, period, audit, build_eda(results), rfm, segment_map)
+    purchases = {k: results[k] for k in (PAIRS_QUERY, PRODUCTS_QUERY) if k in results}
+    return RfmStage(cleaned.transactions.source, period, audit, build_eda(results), rfm,
+                    segment_map, purchases, representation_frames(results))  # fmt: skip
 
 
 def _quiet(_: str) -> None:
