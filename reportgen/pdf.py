@@ -8,7 +8,8 @@ data can neither read a local file nor reach the network.
 
 Charts become SVG with vl-convert (no external data: `allowed_base_urls=[]`) in the pinned font
 "Liberation Sans", which is installed (fonts-liberation), so WeasyPrint draws the labels with
-the metrics vl-convert laid them out with: nothing is clipped.
+the metrics vl-convert laid them out with: nothing is clipped. Dense point clouds become PNG
+(see DENSE_CHART_ROWS).
 """
 
 from __future__ import annotations
@@ -54,35 +55,65 @@ class SafeFetcher(URLFetcher):
         raise BlockedURLError(f"blocked: {url[:200]}")
 
 
+# A chart drawing more data points than this goes into the PDF as a PNG at twice the size: every
+# point is an SVG path WeasyPrint draws in Python (the two scatter plots alone took 4 of the 9 s
+# of the layout), while the picture of a point cloud gains nothing from being vector.
+DENSE_CHART_ROWS = 500
+PNG_SCALE = 2
+
+
+def chart_images(ctx: ReportContext) -> dict[str, tuple[bytes, str]]:
+    """Every chart as an image in the pinned font and the report's locale (no external data):
+    SVG, or PNG for a dense point cloud; by asset name."""
+    images = {}
+    for chart in ctx.charts:
+        if _data_rows(chart.spec) > DENSE_CHART_ROWS:
+            images[f"{chart.id}.png"] = (_convert(ctx, chart.spec, "png"), "image/png")
+        else:
+            images[f"{chart.id}.svg"] = (_convert(ctx, chart.spec, "svg"), "image/svg+xml")
+    return images
+
+
 def chart_svgs(ctx: ReportContext) -> dict[str, str]:
     """Every chart as SVG in the pinned font and the report's locale (no external data)."""
+    return {c.id: _convert(ctx, c.spec, "svg").decode("utf-8") for c in ctx.charts}
+
+
+def _convert(ctx: ReportContext, spec: dict, fmt: str) -> bytes:
     import vl_convert
 
-    version = vl_version()
-    number_locale = d3_format_locale(ctx.locale, ctx.currency)
-    time_locale = d3_time_locale(ctx.locale)
-    return {
-        c.id: vl_convert.vegalite_to_svg(
-            ch.with_font(c.spec, ch.PDF_FONT),
-            vl_version=version,
-            allowed_base_urls=[],
-            format_locale=number_locale,
-            time_format_locale=time_locale,
-        )
-        for c in ctx.charts
+    options = {
+        "vl_version": vl_version(),
+        "allowed_base_urls": [],
+        "format_locale": d3_format_locale(ctx.locale, ctx.currency),
+        "time_format_locale": d3_time_locale(ctx.locale),
     }
+    spec = ch.with_font(spec, ch.PDF_FONT)
+    if fmt == "png":
+        return vl_convert.vegalite_to_png(spec, scale=PNG_SCALE, **options)
+    return vl_convert.vegalite_to_svg(spec, **options).encode("utf-8")
+
+
+def _data_rows(spec: object) -> int:
+    """How many inline data rows a spec holds, in all its layers and views."""
+    if isinstance(spec, dict):
+        values = spec.get("values")
+        own = len(values) if isinstance(values, list) else 0
+        return own + sum(_data_rows(v) for k, v in spec.items() if k != "values")
+    if isinstance(spec, list):
+        return sum(_data_rows(v) for v in spec)
+    return 0
 
 
 def render_pdf_html(
     ctx: ReportContext, templates_dir: str | Path | None = None
 ) -> tuple[str, dict[str, tuple[bytes, str]]]:
     """The print document and the assets it references."""
-    svgs = chart_svgs(ctx)
-    assets = {f"{cid}.svg": (svg.encode("utf-8"), "image/svg+xml") for cid, svg in svgs.items()}
+    assets = chart_images(ctx)
     page = Page(
         output="pdf",
         report=ctx,
-        chart_images={cid: f"{ASSET_SCHEME}{cid}.svg" for cid in svgs},
+        chart_images={name.rsplit(".", 1)[0]: f"{ASSET_SCHEME}{name}" for name in assets},
     )
     return render_page(make_environment(ctx, templates_dir), PDF_TEMPLATE, page), assets
 
