@@ -1,6 +1,7 @@
 """EDA of the kept transactions: revenue, orders and new vs returning customers per month.
 
-The queries are lazy and collected in the pipeline's single collect, next to the audit and RFM.
+The monthly query is lazy and read off the per-order aggregate of the RFM stage, so it is
+collected in the pipeline's single collect, next to the audit and RFM.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from dataclasses import dataclass
 import polars as pl
 
 from .clean import IS_RETURN, REASON, Cleaned
-from .rfm import order_key
 
 log = logging.getLogger(__name__)
+
+COUNT = pl.UInt32  # the dtype of the monthly counts, whichever engine computed them
 
 
 @dataclass(frozen=True)
@@ -23,34 +25,77 @@ class Eda:
     monthly: pl.DataFrame  # month (date, 1st), revenue_minor, orders, customers, new_customers, returning_customers
 
 
-def eda_queries(cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
-    """The lazy query of the monthly table."""
-    month = pl.col("order_date").dt.truncate("1mo").alias("month")
-    purchases = cleaned.frame.filter(pl.col(REASON).is_null() & ~pl.col(IS_RETURN))
-    history = cleaned.frame.filter(
-        (pl.col(REASON).is_null() | (pl.col(REASON) == "before_window")) & ~pl.col(IS_RETURN)
-    )
-    first_month = history.group_by("customer_id").agg(month.min().alias("first_month"))
-    active = purchases.select("customer_id", month).unique()
-    new_by_month = (
-        active.join(first_month, on="customer_id", how="left")
-        .group_by("month")
+def eda_queries(orders: pl.LazyFrame, cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
+    """Per month of the kept purchases: money, distinct orders, distinct customers.
+
+    Read off `orders` (rfm.order_query, one row per customer and order), which holds the whole
+    table only when no order has purchase lines in two months: `eda_split_orders` counts those,
+    and `build_eda` then recomputes the months from the lines (`months_from_lines`).
+    """
+    month = pl.col("first_purchase").dt.truncate("1mo")
+    months = (
+        orders.filter(pl.col("last_purchase").is_not_null())
+        .group_by(month.alias("month"))
         .agg(
-            pl.len().alias("customers"),
-            (pl.col("month") == pl.col("first_month")).sum().alias("new_customers"),
+            pl.col("gross").sum().alias("revenue_minor"),
+            _distinct_orders(cleaned).cast(COUNT).alias("orders"),
+            pl.col("customer_id").n_unique().cast(COUNT).alias("customers"),
+            (pl.col("last_purchase").dt.truncate("1mo") != month).sum().alias("_split_orders"),
         )
     )
-    totals = purchases.group_by(month).agg(
-        pl.col("amount_minor").sum().alias("revenue_minor"),
-        order_key(cleaned).n_unique().alias("orders"),
+    return {"eda_months": months}
+
+
+def months_from_lines(cleaned: Cleaned) -> pl.LazyFrame:
+    """The per-month totals from the purchase lines: exact also for orders spanning months."""
+    month = pl.col("order_date").dt.truncate("1mo").alias("month")
+    within = "order_id" if cleaned.transactions.has_order_id else "order_date"
+    purchases = cleaned.frame.filter(pl.col(REASON).is_null() & ~pl.col(IS_RETURN))
+    return (
+        purchases.group_by(month, "customer_id", within)
+        .agg(pl.col("amount_minor").sum().alias("gross"))
+        .group_by("month")
+        .agg(
+            pl.col("gross").sum().alias("revenue_minor"),
+            _distinct_orders(cleaned).cast(COUNT).alias("orders"),
+            pl.col("customer_id").n_unique().cast(COUNT).alias("customers"),
+        )
     )
-    monthly = totals.join(new_by_month, on="month", how="left").sort("month")
-    return {"eda_monthly": monthly}
 
 
-def build_eda(results: dict[str, pl.DataFrame]) -> Eda:
+def _distinct_orders(cleaned: Cleaned) -> pl.Expr:
+    """An order id shared by customers is one order; without ids an order is a customer's day."""
+    return pl.col("order_id").n_unique() if cleaned.transactions.has_order_id else pl.len()
+
+
+def monthly_table(months: pl.DataFrame, customers: pl.DataFrame) -> pl.DataFrame:
+    """The monthly table from the per-month totals and the per-customer first dates.
+
+    A customer is new in the month their history starts (`first_order`) when they also bought
+    in it (their first kept purchase, `first_purchase`, falls in the same month).
+    """
+    month = pl.col("first_order").dt.truncate("1mo")
+    new = (
+        customers.filter(month == pl.col("first_purchase").dt.truncate("1mo"))
+        .group_by(month.alias("month"))
+        .agg(pl.len().cast(COUNT).alias("new_customers"))
+    )
+    return (
+        months.join(new, on="month", how="left")
+        .with_columns(pl.col("new_customers").fill_null(0))
+        .sort("month")
+    )
+
+
+def build_eda(results: dict[str, pl.DataFrame], cleaned: Cleaned) -> Eda:
     """Assemble the EDA tables from the collected queries."""
-    monthly = results["eda_monthly"].with_columns(
+    months = results["eda_months"]
+    split = int(months["_split_orders"].sum()) if "_split_orders" in months.columns else 0
+    if split:  # rare: one more pass, over the purchase lines
+        log.info("%s orders have purchases in two months: counting months from the lines", split)
+        months = months_from_lines(cleaned).collect()
+    months = months.drop("_split_orders", strict=False)
+    monthly = monthly_table(months, results["rfm"]).with_columns(
         (pl.col("customers") - pl.col("new_customers")).alias("returning_customers")
     )
     return Eda(monthly=monthly)

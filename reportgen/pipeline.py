@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -9,14 +10,22 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import polars as pl
 
-from .clean import Cleaned, CleaningAudit, annotate, audit_queries, build_audit
+from .clean import (
+    Cleaned,
+    CleaningAudit,
+    annotate,
+    build_audit,
+    group_audit_queries,
+    line_groups,
+    row_audit_queries,
+)
 from .config import Config, load_config
 from .compare import compare_runs
 from .eda import Eda, build_eda, eda_queries
@@ -32,7 +41,7 @@ from .output import prepare_report_dir, report_lock, write_run_folder
 from .period import Period, PeriodRequest, request_period, window_start
 from .pushdown import collect_stage, is_pushdown
 from .read import FILE, ROW, Source, located_read_error, read_transactions
-from .rfm import RfmTable, finish_rfm, rfm_query
+from .rfm import RfmTable, finish_rfm, order_query, rfm_query
 from .segment import PreviousSegments, Segmentation, segment_customers
 from .comparison import Comparison, compare_segmentations
 from .representation import (
@@ -241,10 +250,11 @@ def compute_rfm_stage(
         results, cleaned = pushed.results, pushed.cleaned
     else:
         tx = read_transactions(config.input, config.report.currency, config.period.timezone)
-        cleaned = annotate(tx, config.cleaning, request)
         stage("Cleaning and computing RFM")
         try:
-            results = _collect(cleaned, config)
+            with _read_errors(tx.source, config):
+                cleaned = annotate(tx, config.cleaning, request)
+                results = _collect(cleaned, config)
             _check_input(results["totals"].row(0, named=True), cleaned, config)
         finally:
             tx.release()
@@ -262,7 +272,7 @@ def _rfm_stage_from(
     rfm = finish_rfm(results["rfm"], config.rfm, segment_map, digits, period.window_start)
     _check_not_empty(audit, rfm)
     purchases = {k: results[k] for k in (PAIRS_QUERY, PRODUCTS_QUERY) if k in results}
-    return RfmStage(cleaned.transactions.source, period, audit, build_eda(results), rfm,
+    return RfmStage(cleaned.transactions.source, period, audit, build_eda(results, cleaned), rfm,
                     segment_map, purchases, representation_frames(results))  # fmt: skip
 
 
@@ -271,18 +281,38 @@ def _quiet(_: str) -> None:
 
 
 def _collect(cleaned: Cleaned, config: Config) -> dict[str, pl.DataFrame]:
-    """One collect for everything read from the transactions (shared scan and cleaning)."""
-    examples = config.cleaning.examples_per_rule
-    queries = audit_queries(cleaned, examples) | eda_queries(cleaned) | {"rfm": rfm_query(cleaned)}
-    queries |= graph_queries(cleaned, config)  # empty unless graph.enabled
-    queries |= representation_queries(cleaned, config)  # empty unless features: extended
+    """Everything read from the transactions: one pass over the rows, then the aggregates.
+
+    The pass (one scan, its queries share it) groups the rows (clean.line_groups) and takes
+    what only the rows have: value checks, example rows, and the optional graph and
+    representation lines. The audit counts, RFM and the monthly EDA then come from the groups.
+    """
+    rows = dataclasses.replace(cleaned, frame=cleaned.frame.cache())  # one scan for all
+    first = {"groups": line_groups(rows)} | row_audit_queries(rows, config.cleaning.examples_per_rule)
+    first |= graph_queries(rows, config)  # empty unless graph.enabled
+    first |= representation_queries(rows, config)  # empty unless features: extended
+    results = _collect_all(first)
+    groups = results.pop("groups").lazy()
+    orders = order_query(groups, cleaned).collect().lazy()  # for the monthly EDA and RFM
+    second = group_audit_queries(cleaned, groups) | eda_queries(orders, cleaned)
+    results |= _collect_all(second | {"rfm": rfm_query(orders, cleaned)})
+    results["totals"] = pl.concat([results.pop("counted"), results.pop("checks")], how="horizontal")
+    return results
+
+
+def _collect_all(queries: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:
+    return dict(zip(queries, pl.collect_all(list(queries.values())), strict=True))
+
+
+@contextlib.contextmanager
+def _read_errors(source: Source, config: Config) -> Iterator[None]:
+    """Data that cannot be read surfaces when a query runs: say which file and line."""
     try:
-        frames = pl.collect_all(list(queries.values()))
+        yield
     except pl.exceptions.ComputeError as exc:
-        raise located_read_error(exc, cleaned.transactions.source, config.input) from None
+        raise located_read_error(exc, source, config.input) from None
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputDataError(f"{cleaned.transactions.source.location}: {exc}") from None
-    return dict(zip(queries, frames, strict=True))
+        raise InputDataError(f"{source.location}: {exc}") from None
 
 
 def _check_input(totals: dict, cleaned: Cleaned, config: Config) -> None:

@@ -52,7 +52,7 @@ class PushedStage:
     """What the pushed-down queries give the pipeline.
 
     `results` holds the frames `pipeline._collect` returns ("by_rule", "totals", "examples",
-    "eda_monthly", "rfm"); `cleaned` stands in for the cleaned transactions where the audit
+    "eda_months", "rfm"); `cleaned` stands in for the cleaned transactions where the audit
     needs them (the source, the currency's digits, the window), with an empty frame.
     """
 
@@ -144,7 +144,7 @@ def _results(frames: dict[str, Any], src: SqlSource) -> dict[str, pl.DataFrame]:
         "by_rule": _by_rule(frames["rules"]),
         "totals": _totals(frames["scan"], frames["rules"], frames["as_of"]),
         "examples": _no_examples(),
-        "eda_monthly": _monthly(frames["months"], customers),
+        "eda_months": _months(frames["months"]),
         "rfm": _rfm(customers, frames["attributes"], src, frames["as_of"]),
     }
 
@@ -235,6 +235,7 @@ def _rfm(
         ],
         pl.col("last_order").cast(pl.Date),
         pl.col("first_order").cast(pl.Date),
+        pl.col("first_purchase").cast(pl.Date),  # for eda.monthly_table
         (pl.col("in_period") == 1).alias("_in_period"),
         pl.lit(as_of, dtype=pl.Date).alias(AS_OF),
     )
@@ -257,26 +258,14 @@ def _attribute(values: pl.DataFrame, name: str, src: SqlSource) -> pl.DataFrame:
     )
 
 
-def _monthly(months: pl.DataFrame, customers: pl.DataFrame) -> pl.DataFrame:
-    """eda.py's monthly table; a customer is new in the month of their first purchase when it
-    is also the month their history starts (then they bought in it)."""
-    month = pl.col("first_order").dt.truncate("1mo")
-    new = (
-        customers.filter(month == pl.col("first_purchase").dt.truncate("1mo"))
-        .group_by(month.alias("month"))
-        .agg(pl.len().cast(_COUNT).alias("new_customers"))
-    )
+def _months(months: pl.DataFrame) -> pl.DataFrame:
+    """eda.py's per-month totals from the months query (new customers come from the rfm table)."""
     key = pl.col("month_key").cast(pl.Int32)
-    return (
-        months.select(
-            pl.date(key // 100, key % 100, 1).alias("month"),
-            pl.col("revenue_minor").cast(pl.Int64),
-            pl.col("orders").cast(_COUNT),
-            pl.col("customers").cast(_COUNT),
-        )
-        .join(new, on="month", how="left")
-        .with_columns(pl.col("new_customers").fill_null(0))
-        .sort("month")
+    return months.select(
+        pl.date(key // 100, key % 100, 1).alias("month"),
+        pl.col("revenue_minor").cast(pl.Int64),
+        pl.col("orders").cast(_COUNT),
+        pl.col("customers").cast(_COUNT),
     )
 
 

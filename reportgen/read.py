@@ -366,8 +366,7 @@ def _text(column: str | None, schema: pl.Schema) -> pl.Expr:
         return pl.lit(None, dtype=pl.String)
     if schema[column].is_integer():
         return pl.col(column).cast(pl.Int64)
-    expr = pl.col(column).cast(pl.String).str.strip_chars()
-    return pl.when(expr != "").then(expr)
+    return pl.col(column).cast(pl.String).str.strip_chars().replace("", None)
 
 
 def _customer_exprs(column: str, dtype: pl.DataType) -> list[pl.Expr]:
@@ -429,7 +428,8 @@ def _amount_exprs(cols: ColumnMap, schema: pl.Schema, digits: int, decimal: str)
     if cols.amount is not None:
         amount, bad = _number(cols.amount, schema, decimal)
         quantity = unit_price = pl.lit(None, dtype=pl.Float64)
-        minor = _round_half_even(_fixed(amount, _PRICE_SCALE), _PRICE_SCALE - digits)
+        scaled = (amount * 10**_PRICE_SCALE).round(0)
+        minor = _round_half_even_whole_float(scaled, _PRICE_SCALE - digits)
     else:
         quantity, bad_q = _number(cols.quantity, schema, decimal)
         unit_price, bad_p = _number(cols.unit_price, schema, decimal)
@@ -448,6 +448,21 @@ def _amount_exprs(cols: ColumnMap, schema: pl.Schema, digits: int, decimal: str)
 def _fixed(value: pl.Expr, scale: int) -> pl.Expr:
     """A decimal number as an integer count of 10^-scale (wide, so products cannot overflow)."""
     return (value * 10**scale).round(0).cast(pl.Int128)
+
+
+def _round_half_even_whole_float(value: pl.Expr, drop_digits: int) -> pl.Expr:
+    """`_round_half_even` for a float holding a whole number, in float arithmetic (4x cheaper).
+
+    Exact while |value| < 2^53 (an amount below 9e9 at 6 decimals): every intermediate is then
+    a whole number a float holds exactly. Beyond, the input float itself has no 6th decimal.
+    """
+    divisor = float(10**drop_digits)
+    quotient = (value / divisor).floor()
+    # a correctly rounded division can land on the next whole number, never below the true one
+    quotient = pl.when(value - quotient * divisor < 0).then(quotient - 1).otherwise(quotient)
+    twice_rest = (value - quotient * divisor) * 2
+    up = (twice_rest > divisor) | ((twice_rest == divisor) & (quotient % 2 == 1))
+    return quotient + up.cast(pl.Float64)
 
 
 def _round_half_even(value: pl.Expr, drop_digits: int) -> pl.Expr:

@@ -44,40 +44,57 @@ class RfmTable:
         return self.frame.filter(pl.col("r_score").is_not_null())
 
 
-def rfm_query(cleaned: Cleaned) -> pl.LazyFrame:
-    """Lazy per-customer aggregates (unscored), in two levels: lines -> orders -> customers."""
-    lines = cleaned.frame.filter(
+def order_query(groups: pl.LazyFrame, cleaned: Cleaned) -> pl.LazyFrame:
+    """Lazy per-order aggregates of the lines RFM and the monthly EDA read.
+
+    `groups` is clean.line_groups (rows already summed per customer, order, day, rule and
+    return flag). An order is an order id (or without ids a customer's day) within a customer.
+    """
+    lines = groups.filter(
         pl.col(REASON).is_null() | pl.col(REASON).is_in(["before_window", "cancellation"])
     ).with_columns(_line_flags(cleaned))
-    within_customer = "order_id" if cleaned.transactions.has_order_id else "order_date"
-    orders = lines.group_by("customer_id", within_customer).agg(
-        pl.col("amount_minor").filter("_kept").sum().alias("value"),
-        pl.col("amount_minor").filter("_purchase").sum().alias("gross"),
-        (-pl.col("amount_minor")).filter("_returned").sum().alias("returned"),
-        pl.col("order_date").filter("_purchase").max().alias("last_purchase"),
-        pl.col("order_date").filter("_history").min().alias("first_purchase"),
+    money, date = pl.col("amount_minor"), pl.col("order_date")
+    # Masked columns and plain aggregates (not filtered ones) keep the streaming engine's fast
+    # group-by: sum, min, max and any skip the nulls.
+    return lines.group_by("customer_id", _within_customer(cleaned)).agg(
+        pl.when("_kept").then(money).sum().alias("value"),
+        pl.when("_purchase").then(money).sum().alias("gross"),
+        pl.when("_returned").then(-money).sum().alias("returned"),
+        pl.when("_purchase").then(date).max().alias("last_purchase"),
+        pl.when("_purchase").then(date).min().alias("first_purchase"),
+        pl.when("_history").then(date).min().alias("first_history"),
         pl.col("_kept").any().alias("kept"),
-        pl.col(AS_OF).first(),
         *[pl.col(a).min() for a in cleaned.transactions.attributes],
     )
+
+
+def rfm_query(orders: pl.LazyFrame, cleaned: Cleaned) -> pl.LazyFrame:
+    """Lazy per-customer aggregates (unscored) from `order_query`: orders -> customers."""
+    attributes = cleaned.transactions.attributes
     return orders.group_by("customer_id").agg(
         ((pl.col("value") > 0) & pl.col("kept")).sum().cast(pl.Int64).alias("frequency"),
         pl.col("value").sum().alias("monetary_minor"),
         pl.col("gross").sum().alias("gross_minor"),
         pl.col("returned").sum().alias("returned_value_minor"),
         pl.col("last_purchase").max().alias("last_order"),
-        pl.col("first_purchase").min().alias("first_order"),
+        pl.col("first_history").min().alias("first_order"),
+        pl.col("first_purchase").min(),  # for the monthly count of new customers
         pl.col("kept").any().alias("_in_period"),
-        pl.col(AS_OF).first(),
-        *[pl.col(a).drop_nulls().mode().sort().first() for a in cleaned.transactions.attributes],
+        pl.lit(cleaned.as_of, dtype=pl.Date).alias(AS_OF),
+        *[pl.col(a).drop_nulls().mode().sort().first() for a in attributes],
     )
+
+
+def _within_customer(cleaned: Cleaned) -> str:
+    return "order_id" if cleaned.transactions.has_order_id else "order_date"
 
 
 def _line_flags(cleaned: Cleaned) -> list[pl.Expr]:
     reason, is_return, date = pl.col(REASON), pl.col(IS_RETURN), pl.col("order_date")
-    in_period = date <= pl.col(AS_OF)
+    as_of = pl.lit(cleaned.as_of, dtype=pl.Date)
+    in_period = date <= as_of
     if cleaned.window_days is not None:
-        in_period &= date >= pl.col(AS_OF) - pl.duration(days=cleaned.window_days - 1)
+        in_period &= date >= as_of - pl.duration(days=cleaned.window_days - 1)
     kept = reason.is_null()
     return [
         kept.alias("_kept"),
@@ -87,19 +104,12 @@ def _line_flags(cleaned: Cleaned) -> list[pl.Expr]:
     ]
 
 
-def order_key(cleaned: Cleaned) -> pl.Expr:
-    """What identifies an order among all: its id, or without ids, the customer and the day."""
-    if cleaned.transactions.has_order_id:
-        return pl.col("order_id")
-    return pl.struct("customer_id", "order_date")
-
-
 def finish_rfm(
     aggregates: pl.DataFrame, cfg: RfmSection, segment_map: SegmentMap, minor_digits: int,
     window_start: dt.date | None,
 ) -> RfmTable:  # fmt: skip
     """Derive recency, tenure and returns, score, and name each customer's grid cell."""
-    frame = aggregates.filter(pl.col("_in_period")).drop("_in_period")
+    frame = aggregates.filter(pl.col("_in_period")).drop("_in_period", "first_purchase", strict=False)
     frame = frame.with_columns(pl.col("customer_id").cast(pl.String))  # numeric ids become text
     as_of = frame[AS_OF][0] if frame.height else None
     frame = _derive(frame, cfg).drop(AS_OF)
