@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""DuckDB computing reportgen's definitions, as a benchmark peer: `rfm_duckdb_our_rules.py IN OUT`.
+
+The fair yardstick next to the shared `duckdb` peer: the same SQL as check_rfm.py (whole-row
+duplicates over every row, calendar-day recency to the last clean purchase day, exact pence),
+so the ratio to it compares engines doing the same job (still without the audit and the EDA,
+which reportgen also computes).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+t_import = time.perf_counter()
+import duckdb  # noqa: E402
+
+from check_rfm import SQL  # noqa: E402
+
+import_s = time.perf_counter() - t_import
+
+
+def main(source: str, out: str) -> None:
+    start = time.perf_counter()
+    reader = "read_csv(?, header=true)" if source.endswith(".csv") else "read_parquet(?)"
+    con = duckdb.connect()
+    con.execute(f"COPY ({SQL.format(reader=reader)}) TO '{out}' (FORMAT parquet)", [source])
+    customers = con.execute("SELECT count(*) FROM read_parquet(?)", [out]).fetchone()[0]
+    print(json.dumps({"query_s": round(time.perf_counter() - start, 4),
+                      "work_s": round(time.perf_counter() - start, 4),
+                      "import_s": round(import_s, 4), "customers": customers}), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
