@@ -10,6 +10,7 @@ it, which is also how the published figure for the sample (5,268 duplicate rows)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ RULES: dict[str, str] = {
     "before_window": "order before the window",
 }
 REASON = "_reason"
+CANDIDATE = "_candidate"  # the row's hash occurs more than once: it may be a duplicate
 # The rule as an enum: grouping on it is grouping on a small integer, not on text.
 REASON_DTYPE = pl.Enum(list(RULES))
 IS_RETURN = "_is_return"
@@ -80,21 +82,38 @@ class CleaningAudit:
 
 @dataclass(frozen=True)
 class Cleaned:
-    """The annotated lazy frame: every row read, with `_reason`, `_is_return` and `_as_of`."""
+    """The annotated lazy frame: every row read, with `_reason`, `_is_return` and `_as_of`.
+
+    Until `with_duplicates` names the exact duplicates, `_reason` judges every row by the other
+    rules and `_candidate` marks the rows whose hash occurs more than once (the only rows that
+    can be duplicates); see `settle_duplicates`.
+    """
 
     frame: pl.LazyFrame
     transactions: Transactions
     window_days: int | None
     as_of: dt.date | None = None  # None when `latest` found no clean purchase
+    compared: pl.Expr | None = None  # the columns the duplicate rule compares (None: rule off)
+    whole_rows: bool = True  # it compares every column, so a copy is in its original's group
+    duplicates_known: bool = True
+
+    def with_duplicates(self, keys: pl.Series) -> Cleaned:
+        """The frame with the duplicate rule applied: `keys` are the row keys of the copies."""
+        copy = _row_key().is_in(keys.implode()) if len(keys) else pl.lit(False)
+        frame = self.frame.with_columns(
+            pl.when(copy).then(_rule("duplicate")).otherwise(pl.col(REASON)).alias(REASON)
+        )
+        return dataclasses.replace(self, frame=frame, duplicates_known=True)
 
 
 def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> Cleaned:
     """Add the cleaning decision of every row (lazily) and the period's `as_of`.
 
     Two things need the whole table before a row can be judged: which rows are duplicates and,
-    for `as_of: latest`, the last clean purchase. Both are found first (`_first_pass`, and
-    `_duplicate_keys` for the exact comparison), so the frame returned judges every row from
-    its own values and literals: it streams, whatever the size of the input.
+    for `as_of: latest`, the last clean purchase. A first pass (`_first_pass`) finds the latter
+    and the hash values that occur more than once; the frame returned then judges every row from
+    its own values and literals, so it streams whatever the size of the input. The duplicates
+    among the candidates are settled exactly after the main pass (`settle_duplicates`).
     """
     frame = tx.frame.with_columns(
         pl.col("order_ts").dt.date().alias("order_date"),
@@ -103,18 +122,19 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
     frame = frame.with_columns(_content_reason(cfg).alias(REASON))
     compared = _compared_row(tx, cfg)
     repeated, latest = _first_pass(frame, compared, latest=period.as_of is None)
-    duplicates = _duplicate_keys(tx, compared, repeated)
-    as_of = period.as_of if period.as_of is not None else latest
     # Copies of a row share its content, so the duplicates could not move `latest`.
-    duplicate = _row_key().is_in(duplicates.implode()) if len(duplicates) else pl.lit(False)
-    frame = frame.with_columns(
-        pl.when(duplicate).then(_rule("duplicate")).otherwise(pl.col(REASON)).alias(REASON),
-        pl.lit(as_of, dtype=pl.Date).alias(AS_OF),
+    as_of = period.as_of if period.as_of is not None else latest
+    candidate = (
+        compared.hash(seed=0).is_in(repeated.implode())
+        if compared is not None and len(repeated)
+        else pl.lit(False)
     )
+    frame = frame.with_columns(pl.lit(as_of, dtype=pl.Date).alias(AS_OF), candidate.alias(CANDIDATE))
     frame = frame.with_columns(
         pl.coalesce(pl.col(REASON), _period_reason(period.window_days)).alias(REASON)
     )
-    return Cleaned(frame, tx, period.window_days, as_of)
+    return Cleaned(frame, tx, period.window_days, as_of, compared, cfg.duplicates == "all",
+                   duplicates_known=False)  # fmt: skip
 
 
 def _is_return(tx: Transactions, cfg: CleaningSection) -> pl.Expr:
@@ -166,23 +186,6 @@ def _row_key() -> pl.Expr:
     return pl.col(FILE).cast(pl.UInt64) * 2**32 + pl.col(ROW).cast(pl.UInt64)
 
 
-def _duplicate_keys(tx: Transactions, compared: pl.Expr | None, repeated: pl.Series) -> pl.Series:
-    """The row keys of the exact duplicates: rows equal to an earlier row in every compared column.
-
-    Only the rows whose hash occurs more than once are read again and compared exactly, in row
-    order, so a hash collision can never drop a row.
-    """
-    if compared is None or repeated.is_empty():
-        return _NO_KEYS
-    candidates = (
-        tx.frame.filter(compared.hash(seed=0).is_in(repeated.implode()))
-        .select(_row_key().alias("key"), compared.alias("_content"))
-        .collect()
-        .sort("key")
-    )
-    return candidates.filter(~pl.col("_content").is_first_distinct())["key"]
-
-
 def _content_reason(cfg: CleaningSection) -> pl.Expr:
     """The first rule that drops a row for what it contains (period rules come later)."""
     not_positive = (
@@ -218,16 +221,106 @@ def line_groups(cleaned: Cleaned) -> pl.LazyFrame:
     and return flag, with their count, money and smallest attribute values.
 
     About one group per order (10M rows give 3.4M groups on the benchmark data): one group-by
-    over the rows, and everything else is aggregated from its much smaller result.
+    over the rows, and everything else is aggregated from its much smaller result. Duplicate
+    candidates are counted in their groups; `settle_duplicates` moves the copies out.
     """
+    # a copy of a whole row has its original's attributes; else they are merged in when settled
+    attribute = pl.lit(True) if cleaned.whole_rows else ~pl.col(CANDIDATE)
+    return cleaned.frame.group_by(_group_keys(cleaned)).agg(
+        pl.len().cast(pl.Int64).alias("rows"),
+        pl.col("amount_minor").sum(),  # a missing amount counts as 0, as in the audit
+        *[pl.when(attribute).then(pl.col(a)).min().alias(a) for a in cleaned.transactions.attributes],
+    )
+
+
+def _group_keys(cleaned: Cleaned) -> list[str]:
     keys = ["customer_id", "order_date", REASON, IS_RETURN]
     if cleaned.transactions.has_order_id:
         keys.insert(1, "order_id")
-    return cleaned.frame.group_by(keys).agg(
-        pl.len().alias("rows"),
-        pl.col("amount_minor").sum(),  # a missing amount counts as 0, as in the audit
-        *[pl.col(a).min() for a in cleaned.transactions.attributes],
+    return keys
+
+
+_SHOWN = [FILE, ROW, "customer_id", "order_id", "order_ts", "amount_minor"]  # in examples
+
+
+def candidates_queries(cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
+    """The duplicate candidates with what settling them needs: their content, group and example
+    ({} when the duplicate rule is off)."""
+    if cleaned.compared is None:
+        return {}
+    columns = dict.fromkeys([*_group_keys(cleaned), *_SHOWN, *cleaned.transactions.attributes])
+    rows = cleaned.frame.filter(pl.col(CANDIDATE))
+    return {"candidates": rows.select(*columns, cleaned.compared.alias("_content"))}
+
+
+def settle_duplicates(
+    cleaned: Cleaned, results: dict[str, pl.DataFrame], examples_per_rule: int
+) -> Cleaned:
+    """Find the exact duplicates among the candidates and move them to their own rule.
+
+    A copy is a candidate equal to an earlier candidate in every compared column (compared
+    exactly, so a hash collision can never drop a row). Their rows and money are taken out of
+    their groups and counted as duplicates (`results` "groups" and "examples" are updated;
+    "groups" may then hold several rows per group key, to be summed). Returns the cleaning with the duplicates
+    applied to its frame, for queries that read the rows again.
+    """
+    candidates = results.pop("candidates", pl.DataFrame())
+    if candidates.is_empty():
+        return cleaned.with_duplicates(_NO_KEYS)
+    candidates = candidates.sort(FILE, ROW)
+    copy = ~pl.col("_content").is_first_distinct()
+    copies, originals = candidates.filter(copy), candidates.filter(~copy)
+    keys = _group_keys(cleaned)
+    results["groups"] = _without_copies(results["groups"], copies, originals, keys, cleaned)
+    as_duplicates = copies.with_columns(_rule("duplicate").alias(REASON))
+    shown = pl.concat(
+        [results["examples"], *(f.filter(pl.col(REASON).is_not_null()).select(REASON, *_SHOWN)
+                                for f in (originals, as_duplicates))]  # fmt: skip
     )
+    results["examples"] = (
+        shown.sort(FILE, ROW).group_by(REASON, maintain_order=True).head(examples_per_rule)
+    )
+    return cleaned.with_duplicates(copies.select(_row_key()).to_series())
+
+
+def _without_copies(
+    groups: pl.DataFrame, copies: pl.DataFrame, originals: pl.DataFrame, keys: list[str],
+    cleaned: Cleaned,
+) -> pl.DataFrame:  # fmt: skip
+    """The groups with the copies taken out (and counted as duplicates), the originals'
+    attributes merged in."""
+    attributes = list(cleaned.transactions.attributes)
+    duplicates = copies.with_columns(_rule("duplicate").alias(REASON)).group_by(keys).agg(
+        pl.len().cast(pl.Int64).alias("rows"),
+        pl.col("amount_minor").sum(),
+        *[pl.lit(None, dtype=groups.schema[a]).alias(a) for a in attributes],
+    )
+    if cleaned.whole_rows:
+        # A copy is in its original's group, with the same day and attributes: rows of minus
+        # the copies, which every later aggregate sums, take them out without a join.
+        minus = copies.group_by(keys).agg(
+            -pl.len().cast(pl.Int64).alias("rows"),
+            -pl.col("amount_minor").sum(),
+            *[pl.lit(None, dtype=groups.schema[a]).alias(a) for a in attributes],
+        )
+        return pl.concat([groups, minus.select(groups.columns), duplicates.select(groups.columns)])
+    removed = copies.group_by(keys).agg(
+        pl.len().alias("_copies"), pl.col("amount_minor").sum().alias("_copied")
+    )
+    settled = (
+        groups.join(removed, on=keys, how="left", nulls_equal=True)
+        .with_columns(
+            pl.col("rows") - pl.col("_copies").fill_null(0),
+            pl.col("amount_minor") - pl.col("_copied").fill_null(0),
+        )
+        .drop("_copies", "_copied")
+    )
+    if attributes:
+        known = originals.group_by(keys).agg(pl.col(a).min().alias(f"_{a}") for a in attributes)
+        settled = settled.join(known, on=keys, how="left", nulls_equal=True).with_columns(
+            pl.min_horizontal(a, f"_{a}").alias(a) for a in attributes
+        ).drop(f"_{a}" for a in attributes)  # fmt: skip
+    return pl.concat([settled.filter(pl.col("rows") > 0), duplicates.select(groups.columns)])
 
 
 def group_audit_queries(cleaned: Cleaned, groups: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
@@ -260,12 +353,12 @@ def row_audit_queries(cleaned: Cleaned, examples_per_rule: int) -> dict[str, pl.
         pl.col("_zoned").filter(~pl.col("_zoned")).len().alias("naive"),
         pl.col("currency").drop_nulls().unique().sort().head(5).implode().alias("currencies"),
     )
-    shown = [FILE, ROW, "customer_id", "order_id", "order_ts", "amount_minor"]
     examples = (
-        frame.filter(pl.col(REASON).is_not_null())
+        frame.filter(pl.col(REASON).is_not_null() & ~pl.col(CANDIDATE))
         .group_by(REASON)
-        .agg(pl.col(c).bottom_k_by([FILE, ROW], examples_per_rule) for c in shown)
-        .explode(shown)
+        .agg(pl.col(c).bottom_k_by([FILE, ROW], examples_per_rule) for c in _SHOWN)
+        .explode(_SHOWN)
+        .select(REASON, *_SHOWN)
     )
     return {"checks": checks, "examples": examples}
 

@@ -1,7 +1,7 @@
 """EDA of the kept transactions: revenue, orders and new vs returning customers per month.
 
-The monthly query is lazy and read off the per-order aggregate of the RFM stage, so it is
-collected in the pipeline's single collect, next to the audit and RFM.
+The monthly query is lazy and read off the per-order aggregate of the RFM stage, next to
+the audit and RFM (pipeline._collect).
 """
 
 from __future__ import annotations

@@ -22,9 +22,11 @@ from .clean import (
     CleaningAudit,
     annotate,
     build_audit,
+    candidates_queries,
     group_audit_queries,
     line_groups,
     row_audit_queries,
+    settle_duplicates,
 )
 from .config import Config, load_config
 from .compare import compare_runs
@@ -239,7 +241,7 @@ def compute_rfm_stage(
     now: dt.datetime | None = None,
     stage: Stage | None = None,
 ) -> RfmStage:
-    """Read, clean and aggregate the transactions in one collect; score and name customers."""
+    """Read, clean and aggregate the transactions (pipeline._collect); score and name customers."""
     stage = stage or _quiet
     stage("Reading the transactions")
     request = request_period(config.period, as_of, now)
@@ -253,8 +255,7 @@ def compute_rfm_stage(
         stage("Cleaning and computing RFM")
         try:
             with _read_errors(tx.source, config):
-                cleaned = annotate(tx, config.cleaning, request)
-                results = _collect(cleaned, config)
+                results, cleaned = _collect(annotate(tx, config.cleaning, request), config)
             _check_input(results["totals"].row(0, named=True), cleaned, config)
         finally:
             tx.release()
@@ -280,24 +281,28 @@ def _quiet(_: str) -> None:
     return None
 
 
-def _collect(cleaned: Cleaned, config: Config) -> dict[str, pl.DataFrame]:
+def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame], Cleaned]:
     """Everything read from the transactions: one pass over the rows, then the aggregates.
 
-    The pass (one scan, its queries share it) groups the rows (clean.line_groups) and takes
-    what only the rows have: value checks, example rows, and the optional graph and
-    representation lines. The audit counts, RFM and the monthly EDA then come from the groups.
+    The pass (one scan that its queries share) groups the rows (clean.line_groups) and takes
+    what only the rows have: value checks, example rows and the duplicate candidates, which are
+    then settled. The audit counts, RFM and the monthly EDA come from the groups. Returns the
+    frames and the cleaning with its duplicates known.
     """
+    examples = config.cleaning.examples_per_rule
     rows = dataclasses.replace(cleaned, frame=cleaned.frame.cache())  # one scan for all
-    first = {"groups": line_groups(rows)} | row_audit_queries(rows, config.cleaning.examples_per_rule)
-    first |= graph_queries(rows, config)  # empty unless graph.enabled
-    first |= representation_queries(rows, config)  # empty unless features: extended
-    results = _collect_all(first)
+    first = {"groups": line_groups(rows)} | row_audit_queries(rows, examples)
+    results = _collect_all(first | candidates_queries(rows))
+    cleaned = settle_duplicates(cleaned, results, examples)
+    lines = graph_queries(cleaned, config) | representation_queries(cleaned, config)
+    if lines:  # graph.enabled or features: extended read the purchase lines again
+        results |= _collect_all(lines)
     groups = results.pop("groups").lazy()
     orders = order_query(groups, cleaned).collect().lazy()  # for the monthly EDA and RFM
     second = group_audit_queries(cleaned, groups) | eda_queries(orders, cleaned)
     results |= _collect_all(second | {"rfm": rfm_query(orders, cleaned)})
     results["totals"] = pl.concat([results.pop("counted"), results.pop("checks")], how="horizontal")
-    return results
+    return results, cleaned
 
 
 def _collect_all(queries: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:

@@ -2,7 +2,7 @@
 
 The queries of sql.py run inside PostgreSQL, a DuckDB file or Spark; only aggregates come back
 (one row per customer, per rule and per month). They come back as the very frames the embedded
-engine's single collect gives (`pipeline._collect`), so the audit, the period, scoring
+engine gives (`pipeline._collect`), so the audit, the period, scoring
 (`rfm.finish_rfm`) and everything after are shared code.
 
 Credentials: the URL carries no password (config.py refuses one); it is read from the

@@ -1,0 +1,87 @@
+"""Cleaning: exact duplicates settled after the main pass, with the audit and attributes exact.
+
+The engine counts every row in its group first and moves the copies out afterwards
+(clean.settle_duplicates); these hand-made tables check the counts, the example lines and the
+attribute values against what the rules say row by row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import reportgen
+from reportgen.pipeline import compute_rfm_stage
+
+# line 2..11 of the file; the expected verdicts are in the comments (duplicates: all / subset)
+ROWS = """customer,invoice,date,amount,country,sku
+C1,I1,2024-01-05,10.00,UK,A
+C1,I1,2024-01-05,10.00,UK,A
+,I2,2024-01-06,5.00,UK,A
+,I2,2024-01-06,5.00,UK,A
+C2,I3,2024-01-07,7.00,FR,A
+C2,I3,2024-01-07,7.00,DE,B
+,I4,2024-01-08,3.00,UK,A
+C1,I1,2024-01-05,10.00,UK,A
+C3,I5,2024-01-09,4.00,DE,A
+C3,C6,2024-01-09,-4.00,DE,A
+"""
+# line 2 kept; 3 copy of 2; 4 no customer; 5 copy of 4 (a copy whatever else is wrong);
+# 6 kept; 7 differs from 6 in country and sku: kept (all) / copy of 6 (subset);
+# 8 no customer; 9 copy of 2; 10 kept; 11 cancellation.
+SUBSET = ["customer", "invoice", "date", "amount"]
+
+
+def _stage(tmp_path: Path, duplicates: object):
+    (tmp_path / "t.csv").write_text(ROWS, encoding="utf-8")
+    config = reportgen.config_from_dict(
+        {
+            "input": {
+                "path": "t.csv",
+                "columns": {"customer_id": "customer", "order_id": "invoice",
+                            "order_date": "date", "amount": "amount"},
+                "attributes": ["country"],
+            },
+            "period": {"as_of": "2024-01-31"},
+            "cleaning": {"duplicates": duplicates, "examples_per_rule": 2},
+        },
+        base_dir=tmp_path,
+    )  # fmt: skip
+    return compute_rfm_stage(config)
+
+
+def _rules(stage) -> dict[str, tuple[int, int, list[int]]]:
+    return {
+        r.rule: (r.rows, r.revenue_minor, [e["line"] for e in r.examples])
+        for r in stage.audit.rules
+        if r.rows
+    }
+
+
+def test_copies_of_any_row_are_duplicates_and_leave_their_group(tmp_path: Path) -> None:
+    stage = _stage(tmp_path, "all")
+    assert _rules(stage) == {
+        "duplicate": (3, 2500, [3, 5]),
+        "missing_customer_id": (2, 800, [4, 8]),
+        "cancellation": (1, -400, [11]),
+    }
+    assert stage.audit.reconciles and stage.audit.rows_kept == 4
+    table = stage.rfm.frame.select("customer_id", "frequency", "monetary_minor", "country")
+    assert table.rows() == [("C1", 1, 1000, "UK"), ("C2", 1, 1400, "DE"), ("C3", 1, 400, "DE")]
+
+
+def test_compared_columns_decide_and_a_copys_attribute_does_not_count(tmp_path: Path) -> None:
+    """With a subset of columns compared, line 7 is a copy of line 6: its money leaves the
+    order and its country (DE) is not the customer's (FR, from line 6)."""
+    stage = _stage(tmp_path, SUBSET)
+    assert _rules(stage)["duplicate"] == (4, 3200, [3, 5])
+    table = stage.rfm.frame.select("customer_id", "frequency", "monetary_minor", "country")
+    assert table.rows() == [("C1", 1, 1000, "UK"), ("C2", 1, 700, "FR"), ("C3", 1, 400, "DE")]
+
+
+@pytest.mark.parametrize("duplicates", ["off"])
+def test_without_the_rule_every_copy_counts(tmp_path: Path, duplicates: str) -> None:
+    stage = _stage(tmp_path, duplicates)
+    assert "duplicate" not in _rules(stage)
+    assert stage.rfm.frame.filter(customer_id="C1")["monetary_minor"].item() == 3000
