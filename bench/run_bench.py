@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
-"""One command for the RFM benchmark: generate data, time reportgen beside the peers, check it.
+"""One command for the benchmark: generate data, time reportgen beside the peers, check it.
 
-    python bench/run_bench.py --sizes 1m 10m --formats parquet csv --repeats 3
+    python bench/run_bench.py --sizes 1m 10m 50m --formats parquet csv --repeats 3 --end-to-end
 
 - data: ../shared/bench/gen_transactions.py (seed 42; 1m = 1M rows / 50k customers, 10m = 10M /
   500k, 50m = 50M / 2.5M) into bench/data/ (kept between runs);
 - timing: ../shared/bench/run_rfm_bench.py runs every engine as a fresh process, interleaved and
-  rotated per repeat, with peak memory from GNU time; reportgen is registered as one more peer;
+  rotated per repeat, with peak memory from GNU time; reportgen (rfm_reportgen.py) and DuckDB
+  computing our definitions (rfm_duckdb_our_rules.py) are registered as two more peers;
 - correctness: reportgen's table is checked against an independent DuckDB computation of our
   definitions (check_rfm.py);
-- output: bench/results/rfm_<size>_<format>.json and a Markdown table with ratios to DuckDB.
+- end to end (--end-to-end): `reportgen run` on each Parquet size (HTML, PDF, exports, email
+  file), wall time and peak memory from GNU time, the stages' times from its log;
+- output: bench/results/*.json, and bench/results/latest.md with the tables (ratios to both
+  DuckDB yardsticks) and the scaling table, drawn in bench/results/scaling.svg.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -23,8 +29,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "bench"
+RESULTS = HERE / "results"
 SIZES = {"1m": (1_000_000, 50_000), "10m": (10_000_000, 500_000), "50m": (50_000_000, 2_500_000)}
-PEERS = ["duckdb", "polars_streaming", "pandas_vectorised", "pandas_tutorial", "reportgen"]
+PEERS = ["duckdb", "duckdb_our_rules", "polars_streaming", "pandas_vectorised", "pandas_tutorial",
+         "reportgen"]  # fmt: skip
+OURS = {"reportgen": "rfm_reportgen.py", "duckdb_our_rules": "rfm_duckdb_our_rules.py"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,17 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(SHARED))
     import run_rfm_bench  # the shared runner
 
-    run_rfm_bench.PEERS["reportgen"] = [str(HERE / "rfm_reportgen.py")]
+    for name, script in OURS.items():
+        run_rfm_bench.PEERS[name] = [str(HERE / script)]
     failed = 0
     for size in args.sizes:
         for fmt in args.formats:
             source = _generate(size, fmt, args.data)
             failed += _check(source)
-            out = HERE / "results" / f"rfm_{size}_{fmt}.json"
+            out = RESULTS / f"rfm_{size}_{fmt}.json"
             run_rfm_bench.main(["--data", str(args.data), "--size", size, "--format", fmt,
                                 "--repeats", str(args.repeats), "--out", str(out),
                                 "--peers", *args.peers])  # fmt: skip
-            print(_table(json.loads(out.read_text())))
+        if args.end_to_end:
+            _end_to_end(size, _generate(size, "parquet", args.data))
+    report = _report()
+    (RESULTS / "latest.md").write_text(report, encoding="utf-8")
+    _scaling_chart(RESULTS / "scaling.svg")
+    print(report)
     return 1 if failed else 0
 
 
@@ -54,6 +69,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--formats", nargs="+", default=["parquet"], choices=["parquet", "csv"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peers", nargs="+", default=PEERS)
+    parser.add_argument("--end-to-end", action="store_true", help="also time `reportgen run`")
     parser.add_argument("--data", type=Path, default=HERE / "data")
     return parser.parse_args(argv)
 
@@ -77,22 +93,109 @@ def _check(source: Path) -> int:
         return subprocess.run([sys.executable, str(HERE / "check_rfm.py"), str(source), str(out)]).returncode
 
 
-def _table(result: dict) -> str:
+# --- end to end --------------------------------------------------------------------------------
+
+E2E_CONFIG = """report: {{name: Benchmark {size}}}
+input:
+  path: {source}
+  columns: {{customer_id: customer_id, order_id: invoice_id, order_date: invoice_date, amount: amount}}
+output: {{dir: {out}}}
+"""
+_STAGE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO reportgen: (.*)$")
+
+
+def _end_to_end(size: str, source: Path) -> None:
+    """`reportgen run` as a user runs it: a fresh process, every output written."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(E2E_CONFIG.format(size=size, source=source, out=Path(tmp) / "out"))
+        reportgen = Path(sys.executable).with_name("reportgen")
+        run = subprocess.run(["/usr/bin/time", "-f", "__GNUTIME__ %e %M", str(reportgen), "run",
+                              "--config", str(config)], capture_output=True, text=True)  # fmt: skip
+    if run.returncode:
+        sys.exit(f"reportgen run failed on {source}:\n{run.stderr[-3000:]}")
+    wall, rss_kb = run.stderr.rsplit("__GNUTIME__", 1)[1].split()
+    result = {"size": size, "source": str(source), "wall_s": float(wall),
+              "rss_max_mb": round(int(rss_kb) / 1024), "stages": _stage_times(run.stderr)}  # fmt: skip
+    (RESULTS / f"e2e_{size}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _stage_times(log: str) -> dict[str, float]:
+    """Seconds from each stage's log line to the next one (the last stage ends with the log)."""
+    marks = [(dt.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f"), m[2])
+             for m in map(_STAGE.match, log.splitlines()) if m]  # fmt: skip
+    return {name: round((nxt - at).total_seconds(), 1) for (at, name), (nxt, _) in zip(marks, marks[1:])}
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def _report() -> str:
+    parts = [_rfm_table(json.loads(p.read_text())) for p in sorted(RESULTS.glob("rfm_*.json"))]
+    return "\n\n".join([*parts, _scaling_table()]) + "\n"
+
+
+def _rfm_table(result: dict) -> str:
     summary = result["summary"]
     duckdb = summary.get("duckdb", {}).get("wall_median_s")
+    same = summary.get("duckdb_our_rules", {}).get("wall_median_s")
     lines = [
-        f"\n{result['size']} rows, {result['format']} ({result['repeats']} repeats, medians)\n",
-        "| engine | wall s | work s | peak RSS MB | wall / DuckDB |",
-        "|---|---:|---:|---:|---:|",
+        f"{result['size']} rows, {result['format']} ({result['repeats']} repeats, medians)\n",
+        "| engine | wall s | work s | peak RSS MB | wall / DuckDB | wall / DuckDB, our rules |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for peer, s in sorted(summary.items(), key=lambda item: item[1].get("wall_median_s", 1e9)):
         if "wall_median_s" not in s:
-            lines.append(f"| {peer} | failed | | | |")
+            lines.append(f"| {peer} | failed | | | | |")
             continue
-        ratio = f"{s['wall_median_s'] / duckdb:.2f}" if duckdb else "-"
-        lines.append(f"| {peer} | {s['wall_median_s']:.2f} | {s['work_median_s']:.2f} | "
-                     f"{s['rss_max_mb']:,} | {ratio} |")  # fmt: skip
+        wall = s["wall_median_s"]
+        ratios = [f"{wall / base:.2f}" if base else "-" for base in (duckdb, same)]
+        lines.append(f"| {peer} | {wall:.2f} | {s['work_median_s']:.2f} | {s['rss_max_mb']:,} | "
+                     f"{ratios[0]} | {ratios[1]} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def _scaling_rows() -> list[dict]:
+    rows = []
+    for size in SIZES:
+        rfm = RESULTS / f"rfm_{size}_parquet.json"
+        if rfm.exists():
+            for peer, s in json.loads(rfm.read_text())["summary"].items():
+                if "wall_median_s" in s:
+                    rows.append({"size": size, "rows": SIZES[size][0], "engine": peer,
+                                 "wall_s": s["wall_median_s"], "rss_mb": s["rss_max_mb"]})  # fmt: skip
+        e2e = RESULTS / f"e2e_{size}.json"
+        if e2e.exists():
+            e = json.loads(e2e.read_text())
+            rows.append({"size": size, "rows": SIZES[size][0], "engine": "reportgen run (end to end)",
+                         "wall_s": e["wall_s"], "rss_mb": e["rss_max_mb"]})  # fmt: skip
+    return rows
+
+
+def _scaling_table() -> str:
+    rows = _scaling_rows()
+    engines = sorted({r["engine"] for r in rows})
+    sizes = [s for s in SIZES if any(r["size"] == s for r in rows)]
+    cell = {(r["engine"], r["size"]): f"{r['wall_s']:.1f} s / {r['rss_mb']:,} MB" for r in rows}
+    lines = ["How cost grows (Parquet; wall time / peak RSS)\n",
+             "| engine | " + " | ".join(sizes) + " |", "|---|" + "---:|" * len(sizes)]  # fmt: skip
+    lines += [f"| {e} | " + " | ".join(cell.get((e, s), "-") for s in sizes) + " |" for e in engines]
+    return "\n".join(lines)
+
+
+def _scaling_chart(path: Path) -> None:
+    import altair as alt
+    import vl_convert
+
+    data = alt.Data(values=_scaling_rows())
+    base = alt.Chart(data).mark_line(point=True).encode(
+        x=alt.X("rows:Q", scale=alt.Scale(type="log"), title="rows"),
+        color=alt.Color("engine:N", title=None),
+    )
+    wall = base.encode(y=alt.Y("wall_s:Q", scale=alt.Scale(type="log"), title="wall time (s)"))
+    rss = base.encode(y=alt.Y("rss_mb:Q", scale=alt.Scale(type="log"), title="peak RSS (MB)"))
+    chart = alt.hconcat(wall.properties(width=300, height=220), rss.properties(width=300, height=220))
+    path.write_text(vl_convert.vegalite_to_svg(chart.to_dict(), allowed_base_urls=[]))
 
 
 if __name__ == "__main__":
