@@ -96,6 +96,7 @@ class Cleaned:
     compared: pl.Expr | None = None  # the columns the duplicate rule compares (None: rule off)
     whole_rows: bool = True  # it compares every column, so a copy is in its original's group
     duplicates_known: bool = True
+    rows_read: int | None = None  # when the first pass counted them
 
     def with_duplicates(self, keys: pl.Series) -> Cleaned:
         """The frame with the duplicate rule applied: `keys` are the row keys of the copies."""
@@ -121,7 +122,7 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
     )
     frame = frame.with_columns(_content_reason(cfg).alias(REASON))
     compared = _compared_row(tx, cfg)
-    repeated, latest = _first_pass(frame, compared, latest=period.as_of is None)
+    repeated, latest, rows_read = _first_pass(frame, compared, latest=period.as_of is None)
     # Copies of a row share its content, so the duplicates could not move `latest`.
     as_of = period.as_of if period.as_of is not None else latest
     candidate = (
@@ -134,7 +135,7 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
         pl.coalesce(pl.col(REASON), _period_reason(period.window_days)).alias(REASON)
     )
     return Cleaned(frame, tx, period.window_days, as_of, compared, cfg.duplicates == "all",
-                   duplicates_known=False)  # fmt: skip
+                   duplicates_known=False, rows_read=rows_read)  # fmt: skip
 
 
 def _is_return(tx: Transactions, cfg: CleaningSection) -> pl.Expr:
@@ -159,26 +160,30 @@ def _compared_row(tx: Transactions, cfg: CleaningSection) -> pl.Expr | None:
     return pl.struct([pl.col(SOURCE_PREFIX + c) for c in names])
 
 
+_NO_KEYS = pl.Series("key", [], dtype=pl.UInt64)
+
+
 def _first_pass(
     frame: pl.LazyFrame, compared: pl.Expr | None, latest: bool
-) -> tuple[pl.Series, dt.date | None]:
+) -> tuple[pl.Series, dt.date | None, int | None]:
     """One read of the rows for what must be known before judging them: the hash values that
-    occur more than once (sorting 8-byte hashes is far cheaper than grouping whole rows) and,
-    for `as_of: latest`, the last day with a purchase that survives the content rules."""
+    occur more than once (sorting 8-byte hashes is far cheaper than grouping whole rows), for
+    `as_of: latest` the last day with a purchase that survives the content rules, and how many
+    rows there are (None when the pass is not needed)."""
     survivor = pl.col(REASON).is_null() & ~pl.col(IS_RETURN)
     if compared is None:
-        day = frame.select(pl.col("order_date").filter(survivor).max()) if latest else None
-        return _NO_KEYS, day.collect().item() if day is not None else None
+        if not latest:
+            return _NO_KEYS, None, None
+        day = frame.select(pl.col("order_date").filter(survivor).max(), pl.len()).collect()
+        return _NO_KEYS, day.item(0, 0), day.item(0, 1)
     columns = [compared.hash(seed=0).alias("_hash")]
     if latest:  # a column, not its max, so that one select reads the rows once
         columns.append(pl.when(survivor).then(pl.col("order_date")).alias("_day"))
     read = frame.select(columns).collect()
     hashes = read["_hash"].sort()
     day = read["_day"].max() if latest else None
-    return hashes.filter(hashes == hashes.shift(1)).unique(), day  # type: ignore[return-value]
-
-
-_NO_KEYS = pl.Series("key", [], dtype=pl.UInt64)
+    repeated = hashes.filter(hashes == hashes.shift(1)).unique()
+    return repeated, day, read.height  # type: ignore[return-value]
 
 
 def _row_key() -> pl.Expr:

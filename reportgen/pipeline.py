@@ -282,27 +282,39 @@ def _quiet(_: str) -> None:
 
 
 def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame], Cleaned]:
-    """Everything read from the transactions: one pass over the rows, then the aggregates.
+    """Everything read from the transactions: the rows grouped, then the aggregates.
 
-    The pass (one scan that its queries share) groups the rows (clean.line_groups) and takes
-    what only the rows have: value checks, example rows and the duplicate candidates, which are
-    then settled. The audit counts, RFM and the monthly EDA come from the groups. Returns the
-    frames and the cleaning with its duplicates known.
+    One query groups the rows (clean.line_groups); the others take what only the rows have:
+    value checks, example rows and the duplicate candidates, which are then settled. They
+    share one scan of the rows (`_collect_rows`). The audit
+    counts, RFM and the monthly EDA come from the groups. Returns the frames and the cleaning
+    with its duplicates known.
     """
     examples = config.cleaning.examples_per_rule
-    rows = dataclasses.replace(cleaned, frame=cleaned.frame.cache())  # one scan for all
-    first = {"groups": line_groups(rows)} | row_audit_queries(rows, examples)
-    results = _collect_all(first | candidates_queries(rows))
+    first = {"groups": line_groups(cleaned)} | row_audit_queries(cleaned, examples)
+    results = _collect_rows(first | candidates_queries(cleaned), cleaned)
     cleaned = settle_duplicates(cleaned, results, examples)
     lines = graph_queries(cleaned, config) | representation_queries(cleaned, config)
     if lines:  # graph.enabled or features: extended read the purchase lines again
-        results |= _collect_all(lines)
+        results |= _collect_rows(lines, cleaned)
     groups = results.pop("groups").lazy()
     orders = order_query(groups, cleaned).collect().lazy()  # for the monthly EDA and RFM
     second = group_audit_queries(cleaned, groups) | eda_queries(orders, cleaned)
     results |= _collect_all(second | {"rfm": rfm_query(orders, cleaned)})
     results["totals"] = pl.concat([results.pop("counted"), results.pop("checks")], how="horizontal")
     return results, cleaned
+
+
+# Queries over the rows collected together share one scan, but polars then holds the scanned
+# columns (about 75 bytes a row); past this many rows each query streams on its own instead:
+# slower, in bounded memory.
+SHARED_SCAN_MAX_ROWS = 15_000_000
+
+
+def _collect_rows(queries: dict[str, pl.LazyFrame], cleaned: Cleaned) -> dict[str, pl.DataFrame]:
+    if cleaned.rows_read is not None and cleaned.rows_read > SHARED_SCAN_MAX_ROWS:
+        return {name: query.collect() for name, query in queries.items()}
+    return _collect_all(queries)
 
 
 def _collect_all(queries: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:

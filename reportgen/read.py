@@ -345,6 +345,11 @@ def _canonical(
 ) -> pl.LazyFrame:
     cols = cfg.columns
     dec = cfg.csv.decimal
+    # Text is parsed once, into columns: an expression used several times (the money rounding
+    # reads an amount six times) would otherwise parse the text again at each use.
+    parsed = [*_parsed_numbers(cols, schema, dec), *_parsed_dates(cols.order_date, schema, cfg.date_formats, tz)]
+    if parsed:
+        raw = raw.with_columns(parsed)
     exprs = [
         pl.col(ROW),
         pl.col(FILE),
@@ -366,7 +371,8 @@ def _text(column: str | None, schema: pl.Schema) -> pl.Expr:
         return pl.lit(None, dtype=pl.String)
     if schema[column].is_integer():
         return pl.col(column).cast(pl.Int64)
-    return pl.col(column).cast(pl.String).str.strip_chars().replace("", None)
+    expr = pl.col(column).cast(pl.String).str.strip_chars()
+    return pl.when(expr != "").then(expr)  # not .replace: it holds the whole column (polars 2.1)
 
 
 def _customer_exprs(column: str, dtype: pl.DataType) -> list[pl.Expr]:
@@ -402,12 +408,20 @@ def _date_exprs(column: str, dtype: pl.DataType, formats: list[str], tz: str) ->
     if dtype == pl.Date:
         ts = col.cast(pl.Datetime("us"))
         return [ts.alias("order_ts"), pl.lit(False).alias("_zoned"), pl.lit(False).alias("_bad_date")]
-    text = col.cast(pl.String).str.strip_chars()
-    parsed = [(_parse(text, f, tz), "%z" in f or "%Z" in f) for f in formats]
+    parsed = [(pl.col(f"_date{i}"), "%z" in f or "%Z" in f) for i, f in enumerate(formats)]
     ts = pl.coalesce([p for p, _ in parsed])
     zoned = pl.coalesce([pl.when(p.is_not_null()).then(pl.lit(z)) for p, z in parsed])
+    text = col.cast(pl.String).str.strip_chars()
     present = text.is_not_null() & (text != "")
     return [ts.alias("order_ts"), zoned.alias("_zoned"), (present & ts.is_null()).alias("_bad_date")]
+
+
+def _parsed_dates(column: str, schema: pl.Schema, formats: list[str], tz: str) -> list[pl.Expr]:
+    """A text date column parsed with each format, as `_date0`, `_date1`... (see _canonical)."""
+    if schema[column] == pl.Date or isinstance(schema[column], pl.Datetime):
+        return []
+    text = pl.col(column).cast(pl.String).str.strip_chars()
+    return [_parse(text, f, tz).alias(f"_date{i}") for i, f in enumerate(formats)]
 
 
 def _parse(text: pl.Expr, fmt: str, tz: str) -> pl.Expr:
@@ -475,11 +489,24 @@ def _round_half_even(value: pl.Expr, drop_digits: int) -> pl.Expr:
 
 
 def _number(column: str, schema: pl.Schema, decimal: str) -> tuple[pl.Expr, pl.Expr]:
-    col = pl.col(column)
+    """The value of a number column and whether it is text that is not a number."""
     if schema[column].is_numeric():
-        return col.cast(pl.Float64), pl.lit(False)
-    text = col.cast(pl.String).str.strip_chars()
-    if decimal == ",":  # thousands separators are not guessed: "1.234,5" is reported, not read
-        text = text.str.replace(",", ".", literal=True)
-    value = text.cast(pl.Float64, strict=False)
-    return value, text.is_not_null() & (text != "") & value.is_null()
+        return pl.col(column).cast(pl.Float64), pl.lit(False)
+    return pl.col(f"_number:{column}"), pl.col(f"_not_number:{column}")
+
+
+def _parsed_numbers(cols: ColumnMap, schema: pl.Schema, decimal: str) -> list[pl.Expr]:
+    """Text number columns parsed, as `_number:NAME` and `_not_number:NAME` (see _canonical)."""
+    exprs = []
+    for column in (cols.amount, cols.quantity, cols.unit_price):
+        if column is None or schema[column].is_numeric():
+            continue
+        text = pl.col(column).cast(pl.String).str.strip_chars()
+        if decimal == ",":  # thousands separators are not guessed: "1.234,5" is reported, not read
+            text = text.str.replace(",", ".", literal=True)
+        value = text.cast(pl.Float64, strict=False)
+        exprs += [
+            value.alias(f"_number:{column}"),
+            (text.is_not_null() & (text != "") & value.is_null()).alias(f"_not_number:{column}"),
+        ]
+    return exprs
