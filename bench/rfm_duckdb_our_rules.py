@@ -14,9 +14,8 @@ import sys
 import time
 
 t_import = time.perf_counter()
-import duckdb  # noqa: E402
-
-from check_rfm import SQL  # noqa: E402
+import duckdb
+from check_rfm import SQL
 
 import_s = time.perf_counter() - t_import
 

@@ -14,10 +14,10 @@ import sys
 import time
 
 t_import = time.perf_counter()
-import polars as pl  # noqa: E402
+import polars as pl
 
-import reportgen  # noqa: E402
-from reportgen.pipeline import compute_rfm_stage  # noqa: E402
+import reportgen
+from reportgen.pipeline import compute_rfm_stage
 
 import_s = time.perf_counter() - t_import
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import re
 import subprocess
@@ -90,7 +91,8 @@ def _check(source: Path) -> int:
         out = Path(tmp) / "reportgen.parquet"
         subprocess.run([sys.executable, str(HERE / "rfm_reportgen.py"), str(source), str(out)],
                        check=True, capture_output=True)  # fmt: skip
-        return subprocess.run([sys.executable, str(HERE / "check_rfm.py"), str(source), str(out)]).returncode
+        check = [sys.executable, str(HERE / "check_rfm.py"), str(source), str(out)]
+        return subprocess.run(check, check=False).returncode
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -101,7 +103,8 @@ input:
   columns: {{customer_id: customer_id, order_id: invoice_id, order_date: invoice_date, amount: amount}}
 output: {{dir: {out}}}
 """
-_STAGE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO reportgen: (.*)$")
+# a stage starts at each log line: reportgen's stage names and its writers' "wrote FILE" lines
+_STAGE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO reportgen[\w.]*: (.*)$")
 
 
 def _end_to_end(size: str, source: Path) -> None:
@@ -111,7 +114,8 @@ def _end_to_end(size: str, source: Path) -> None:
         config.write_text(E2E_CONFIG.format(size=size, source=source, out=Path(tmp) / "out"))
         reportgen = Path(sys.executable).with_name("reportgen")
         run = subprocess.run(["/usr/bin/time", "-f", "__GNUTIME__ %e %M", str(reportgen), "run",
-                              "--config", str(config)], capture_output=True, text=True)  # fmt: skip
+                              "--config", str(config)], capture_output=True, text=True,
+                             check=False)  # fmt: skip
     if run.returncode:
         sys.exit(f"reportgen run failed on {source}:\n{run.stderr[-3000:]}")
     wall, rss_kb = run.stderr.rsplit("__GNUTIME__", 1)[1].split()
@@ -121,10 +125,15 @@ def _end_to_end(size: str, source: Path) -> None:
 
 
 def _stage_times(log: str) -> dict[str, float]:
-    """Seconds from each stage's log line to the next one (the last stage ends with the log)."""
+    """Seconds between log lines: a stage runs until the next line; once the run folder is
+    being written, each interval is named after the file whose "wrote" line ends it."""
     marks = [(dt.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f"), m[2])
              for m in map(_STAGE.match, log.splitlines()) if m]  # fmt: skip
-    return {name: round((nxt - at).total_seconds(), 1) for (at, name), (nxt, _) in zip(marks, marks[1:])}
+    times = {}
+    for (at, name), (nxt, following) in itertools.pairwise(marks):
+        wrote = re.match(r"wrote \S*/([^/\s]+) ", following)
+        times[f"until {wrote[1]} written" if wrote else name] = round((nxt - at).total_seconds(), 1)
+    return times
 
 
 # --- reporting ---------------------------------------------------------------------------------

@@ -95,7 +95,6 @@ class Cleaned:
     as_of: dt.date | None = None  # None when `latest` found no clean purchase
     compared: pl.Expr | None = None  # the columns the duplicate rule compares (None: rule off)
     whole_rows: bool = True  # it compares every column, so a copy is in its original's group
-    duplicates_known: bool = True
     rows_read: int | None = None  # when the first pass counted them
 
     def with_duplicates(self, keys: pl.Series) -> Cleaned:
@@ -104,7 +103,7 @@ class Cleaned:
         frame = self.frame.with_columns(
             pl.when(copy).then(_rule("duplicate")).otherwise(pl.col(REASON)).alias(REASON)
         )
-        return dataclasses.replace(self, frame=frame, duplicates_known=True)
+        return dataclasses.replace(self, frame=frame)
 
 
 def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> Cleaned:
@@ -130,12 +129,14 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
         if compared is not None and len(repeated)
         else pl.lit(False)
     )
-    frame = frame.with_columns(pl.lit(as_of, dtype=pl.Date).alias(AS_OF), candidate.alias(CANDIDATE))
+    frame = frame.with_columns(
+        pl.lit(as_of, dtype=pl.Date).alias(AS_OF), candidate.alias(CANDIDATE)
+    )
     frame = frame.with_columns(
         pl.coalesce(pl.col(REASON), _period_reason(period.window_days)).alias(REASON)
     )
     return Cleaned(frame, tx, period.window_days, as_of, compared, cfg.duplicates == "all",
-                   duplicates_known=False, rows_read=rows_read)  # fmt: skip
+                   rows_read)  # fmt: skip
 
 
 def _is_return(tx: Transactions, cfg: CleaningSection) -> pl.Expr:
@@ -278,10 +279,8 @@ def settle_duplicates(
     keys = _group_keys(cleaned)
     results["groups"] = _without_copies(results["groups"], copies, originals, keys, cleaned)
     as_duplicates = copies.with_columns(_rule("duplicate").alias(REASON))
-    shown = pl.concat(
-        [results["examples"], *(f.filter(pl.col(REASON).is_not_null()).select(REASON, *_SHOWN)
-                                for f in (originals, as_duplicates))]  # fmt: skip
-    )
+    dropped = [f.filter(pl.col(REASON).is_not_null()) for f in (originals, as_duplicates)]
+    shown = pl.concat([results["examples"], *(f.select(REASON, *_SHOWN) for f in dropped)])
     results["examples"] = (
         shown.sort(FILE, ROW).group_by(REASON, maintain_order=True).head(examples_per_rule)
     )

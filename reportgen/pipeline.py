@@ -28,8 +28,9 @@ from .clean import (
     row_audit_queries,
     settle_duplicates,
 )
-from .config import Config, load_config
 from .compare import compare_runs
+from .comparison import Comparison, compare_segmentations
+from .config import Config, load_config
 from .eda import Eda, build_eda, eda_queries
 from .errors import InputDataError
 from .export import write_exports
@@ -43,15 +44,14 @@ from .output import prepare_report_dir, report_lock, write_run_folder
 from .period import Period, PeriodRequest, request_period, window_start
 from .pushdown import collect_stage, is_pushdown
 from .read import FILE, ROW, Source, located_read_error, read_transactions
-from .rfm import RfmTable, finish_rfm, order_query, rfm_query
-from .segment import PreviousSegments, Segmentation, segment_customers
-from .comparison import Comparison, compare_segmentations
 from .representation import (
     Representation,
     build_representation,
     representation_frames,
     representation_queries,
 )
+from .rfm import RfmTable, finish_rfm, order_query, rfm_query
+from .segment import PreviousSegments, Segmentation, segment_customers
 
 log = logging.getLogger(__name__)
 
@@ -444,8 +444,8 @@ def generated_at(now: dt.datetime | None = None) -> dt.datetime:
     """The report's time stamp; SOURCE_DATE_EPOCH pins it for reproducible builds."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
-        return dt.datetime.fromtimestamp(int(epoch), tz=dt.timezone.utc)
-    return (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
+        return dt.datetime.fromtimestamp(int(epoch), tz=dt.UTC)
+    return (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
 
 
 def _versions() -> dict[str, str]:
