@@ -99,7 +99,9 @@ class Cleaned:
 
     def with_duplicates(self, keys: pl.Series) -> Cleaned:
         """The frame with the duplicate rule applied: `keys` are the row keys of the copies."""
-        copy = _row_key().is_in(keys.implode()) if len(keys) else pl.lit(False)
+        if keys.is_empty():
+            return self
+        copy = _row_key().is_in(keys.implode())
         frame = self.frame.with_columns(
             pl.when(copy).then(_rule("duplicate")).otherwise(pl.col(REASON)).alias(REASON)
         )
@@ -231,11 +233,12 @@ def line_groups(cleaned: Cleaned) -> pl.LazyFrame:
     candidates are counted in their groups; `settle_duplicates` moves the copies out.
     """
     # a copy of a whole row has its original's attributes; else they are merged in when settled
-    attribute = pl.lit(True) if cleaned.whole_rows else ~pl.col(CANDIDATE)
+    counted = pl.lit(True) if cleaned.whole_rows else ~pl.col(CANDIDATE)
+    attributes = cleaned.transactions.attributes
     return cleaned.frame.group_by(_group_keys(cleaned)).agg(
         pl.len().cast(pl.Int64).alias("rows"),
         pl.col("amount_minor").sum(),  # a missing amount counts as 0, as in the audit
-        *[pl.when(attribute).then(pl.col(a)).min().alias(a) for a in cleaned.transactions.attributes],
+        *[pl.when(counted).then(pl.col(a)).min().alias(a) for a in attributes],
     )
 
 
@@ -267,8 +270,8 @@ def settle_duplicates(
     A copy is a candidate equal to an earlier candidate in every compared column (compared
     exactly, so a hash collision can never drop a row). Their rows and money are taken out of
     their groups and counted as duplicates (`results` "groups" and "examples" are updated;
-    "groups" may then hold several rows per group key, to be summed). Returns the cleaning with the duplicates
-    applied to its frame, for queries that read the rows again.
+    "groups" may then hold several rows per group key, to be summed). Returns the cleaning
+    with the duplicates applied to its frame, for queries that read the rows again.
     """
     candidates = results.pop("candidates", pl.DataFrame())
     if candidates.is_empty():
@@ -276,9 +279,9 @@ def settle_duplicates(
     candidates = candidates.sort(FILE, ROW)
     copy = ~pl.col("_content").is_first_distinct()
     copies, originals = candidates.filter(copy), candidates.filter(~copy)
-    keys = _group_keys(cleaned)
-    results["groups"] = _without_copies(results["groups"], copies, originals, keys, cleaned)
     as_duplicates = copies.with_columns(_rule("duplicate").alias(REASON))
+    results["groups"] = _without_copies(results["groups"], copies, as_duplicates, originals,
+                                        cleaned)  # fmt: skip
     dropped = [f.filter(pl.col(REASON).is_not_null()) for f in (originals, as_duplicates)]
     shown = pl.concat([results["examples"], *(f.select(REASON, *_SHOWN) for f in dropped)])
     results["examples"] = (
@@ -288,13 +291,13 @@ def settle_duplicates(
 
 
 def _without_copies(
-    groups: pl.DataFrame, copies: pl.DataFrame, originals: pl.DataFrame, keys: list[str],
-    cleaned: Cleaned,
+    groups: pl.DataFrame, copies: pl.DataFrame, as_duplicates: pl.DataFrame,
+    originals: pl.DataFrame, cleaned: Cleaned,
 ) -> pl.DataFrame:  # fmt: skip
     """The groups with the copies taken out (and counted as duplicates), the originals'
     attributes merged in."""
-    attributes = list(cleaned.transactions.attributes)
-    duplicates = copies.with_columns(_rule("duplicate").alias(REASON)).group_by(keys).agg(
+    keys, attributes = _group_keys(cleaned), list(cleaned.transactions.attributes)
+    duplicates = as_duplicates.group_by(keys).agg(
         pl.len().cast(pl.Int64).alias("rows"),
         pl.col("amount_minor").sum(),
         *[pl.lit(None, dtype=groups.schema[a]).alias(a) for a in attributes],

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from .clean import IS_RETURN, REASON, Cleaned
+from .rfm import within_customer
 
 log = logging.getLogger(__name__)
 
@@ -29,43 +30,39 @@ def eda_queries(orders: pl.LazyFrame, cleaned: Cleaned) -> dict[str, pl.LazyFram
     """Per month of the kept purchases: money, distinct orders, distinct customers.
 
     Read off `orders` (rfm.order_query, one row per customer and order), which holds the whole
-    table only when no order has purchase lines in two months: `eda_split_orders` counts those,
-    and `build_eda` then recomputes the months from the lines (`months_from_lines`).
+    table only when no order has purchase lines in two months: the `_split_orders` column
+    counts those, and `build_eda` then recomputes the months from the lines.
     """
     month = pl.col("first_purchase").dt.truncate("1mo")
-    months = (
-        orders.filter(pl.col("last_purchase").is_not_null())
-        .group_by(month.alias("month"))
-        .agg(
-            pl.col("gross").sum().alias("revenue_minor"),
-            _distinct_orders(cleaned).cast(COUNT).alias("orders"),
-            pl.col("customer_id").n_unique().cast(COUNT).alias("customers"),
-            (pl.col("last_purchase").dt.truncate("1mo") != month).sum().alias("_split_orders"),
-        )
-    )
-    return {"eda_months": months}
+    split = (pl.col("last_purchase").dt.truncate("1mo") != month).sum().alias("_split_orders")
+    purchased = orders.filter(pl.col("last_purchase").is_not_null())
+    return {"eda_months": _month_totals(purchased, month, cleaned, split)}
 
 
 def months_from_lines(cleaned: Cleaned) -> pl.LazyFrame:
     """The per-month totals from the purchase lines: exact also for orders spanning months."""
-    month = pl.col("order_date").dt.truncate("1mo").alias("month")
-    within = "order_id" if cleaned.transactions.has_order_id else "order_date"
+    month = pl.col("order_date").dt.truncate("1mo")
     purchases = cleaned.frame.filter(pl.col(REASON).is_null() & ~pl.col(IS_RETURN))
-    return (
-        purchases.group_by(month, "customer_id", within)
-        .agg(pl.col("amount_minor").sum().alias("gross"))
-        .group_by("month")
-        .agg(
-            pl.col("gross").sum().alias("revenue_minor"),
-            _distinct_orders(cleaned).cast(COUNT).alias("orders"),
-            pl.col("customer_id").n_unique().cast(COUNT).alias("customers"),
-        )
+    per_order = purchases.group_by(
+        month.alias("month"), "customer_id", within_customer(cleaned)
+    ).agg(pl.col("amount_minor").sum().alias("gross"))
+    return _month_totals(per_order, pl.col("month"), cleaned)
+
+
+def _month_totals(
+    orders: pl.LazyFrame, month: pl.Expr, cleaned: Cleaned, *extra: pl.Expr
+) -> pl.LazyFrame:
+    """Money, distinct orders and distinct customers per month of one-row-per-order data.
+
+    An order id shared by customers is one order; without ids an order is a customer's day.
+    """
+    distinct = pl.col("order_id").n_unique() if cleaned.transactions.has_order_id else pl.len()
+    return orders.group_by(month.alias("month")).agg(
+        pl.col("gross").sum().alias("revenue_minor"),
+        distinct.cast(COUNT).alias("orders"),
+        pl.col("customer_id").n_unique().cast(COUNT).alias("customers"),
+        *extra,
     )
-
-
-def _distinct_orders(cleaned: Cleaned) -> pl.Expr:
-    """An order id shared by customers is one order; without ids an order is a customer's day."""
-    return pl.col("order_id").n_unique() if cleaned.transactions.has_order_id else pl.len()
 
 
 def monthly_table(months: pl.DataFrame, customers: pl.DataFrame) -> pl.DataFrame:

@@ -286,9 +286,8 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
 
     One query groups the rows (clean.line_groups); the others take what only the rows have:
     value checks, example rows and the duplicate candidates, which are then settled. They
-    share one scan of the rows (`_collect_rows`). The audit
-    counts, RFM and the monthly EDA come from the groups. Returns the frames and the cleaning
-    with its duplicates known.
+    share one scan of the rows (`_collect_rows`). The audit counts, RFM and the monthly EDA
+    come from the groups. Returns the frames and the cleaning with its duplicates known.
     """
     examples = config.cleaning.examples_per_rule
     first = {"groups": line_groups(cleaned)} | row_audit_queries(cleaned, examples)

@@ -44,7 +44,7 @@ from .sql import (
 log = logging.getLogger(__name__)
 
 _MISSING = ("customer_id", "order_id", "order_ts", "amount_minor", "product_id")
-_COUNT = pl.UInt32  # the dtype of the embedded engine's row counts
+_COUNT = pl.UInt32  # counts as one unsigned type (the engines give BIGINT or DECIMAL)
 
 
 @dataclass(frozen=True)

@@ -347,7 +347,10 @@ def _canonical(
     dec = cfg.csv.decimal
     # Text is parsed once, into columns: an expression used several times (the money rounding
     # reads an amount six times) would otherwise parse the text again at each use.
-    parsed = [*_parsed_numbers(cols, schema, dec), *_parsed_dates(cols.order_date, schema, cfg.date_formats, tz)]
+    parsed = [
+        *_parsed_numbers(cols, schema, dec),
+        *_parsed_dates(cols.order_date, schema, cfg.date_formats, tz),
+    ]
     if parsed:
         raw = raw.with_columns(parsed)
     exprs = [

@@ -34,7 +34,7 @@ import polars as pl
 from .clean import IS_RETURN, REASON, Cleaned
 from .config import Config, EmbeddingOptions
 from .errors import ConfigError
-from .rfm import RfmTable
+from .rfm import RfmTable, within_customer
 from .segment import feature_matrix, fit_transform
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,7 @@ def representation_queries(cleaned: Cleaned, config: Config) -> dict[str, pl.Laz
     queries = {}
     if config.input.columns.product_id is not None:
         # an order within a customer: its id, or without ids, the day (as rfm_query groups)
-        within = "order_id" if cleaned.transactions.has_order_id else "order_date"
-        orders = purchases.group_by("customer_id", within).agg(
+        orders = purchases.group_by("customer_id", within_customer(cleaned)).agg(
             pl.col("product_id").drop_nulls().n_unique().alias("products")
         )
         queries[BASKET] = orders.group_by(customer).agg(

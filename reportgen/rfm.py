@@ -21,6 +21,7 @@ import polars as pl
 from .clean import AS_OF, IS_RETURN, REASON, Cleaned
 from .config import RfmSection
 from .grid import SegmentMap
+from .period import window_start
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def order_query(groups: pl.LazyFrame, cleaned: Cleaned) -> pl.LazyFrame:
     money, date = pl.col("amount_minor"), pl.col("order_date")
     # Masked columns and plain aggregates (not filtered ones) keep the streaming engine's fast
     # group-by: sum, min, max and any skip the nulls.
-    return lines.group_by("customer_id", _within_customer(cleaned)).agg(
+    return lines.group_by("customer_id", within_customer(cleaned)).agg(
         pl.when("_kept").then(money).sum().alias("value"),
         pl.when("_purchase").then(money).sum().alias("gross"),
         pl.when("_returned").then(-money).sum().alias("returned"),
@@ -85,16 +86,18 @@ def rfm_query(orders: pl.LazyFrame, cleaned: Cleaned) -> pl.LazyFrame:
     )
 
 
-def _within_customer(cleaned: Cleaned) -> str:
+def within_customer(cleaned: Cleaned) -> str:
+    """What tells a customer's orders apart: the order id, or without ids the day."""
     return "order_id" if cleaned.transactions.has_order_id else "order_date"
 
 
 def _line_flags(cleaned: Cleaned) -> list[pl.Expr]:
     reason, is_return, date = pl.col(REASON), pl.col(IS_RETURN), pl.col("order_date")
-    as_of = pl.lit(cleaned.as_of, dtype=pl.Date)
-    in_period = date <= as_of
-    if cleaned.window_days is not None:
-        in_period &= date >= as_of - pl.duration(days=cleaned.window_days - 1)
+    as_of = cleaned.as_of
+    in_period = date <= pl.lit(as_of, dtype=pl.Date)
+    start = window_start(as_of, cleaned.window_days) if as_of is not None else None
+    if start is not None:
+        in_period &= date >= pl.lit(start, dtype=pl.Date)
     kept = reason.is_null()
     return [
         kept.alias("_kept"),
