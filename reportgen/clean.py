@@ -123,14 +123,10 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
     )
     frame = frame.with_columns(_content_reason(cfg).alias(REASON))
     compared = _compared_row(tx, cfg)
-    repeated, latest, rows_read = _first_pass(frame, compared, latest=period.as_of is None)
+    candidates, latest, rows_read = _first_pass(frame, compared, latest=period.as_of is None)
     # Copies of a row share its content, so the duplicates could not move `latest`.
     as_of = period.as_of if period.as_of is not None else latest
-    candidate = (
-        compared.hash(seed=0).is_in(repeated.implode())
-        if compared is not None and len(repeated)
-        else pl.lit(False)
-    )
+    candidate = _row_key().is_in(candidates.implode()) if len(candidates) else pl.lit(False)
     frame = frame.with_columns(
         pl.lit(as_of, dtype=pl.Date).alias(AS_OF), candidate.alias(CANDIDATE)
     )
@@ -169,24 +165,25 @@ _NO_KEYS = pl.Series("key", [], dtype=pl.UInt64)
 def _first_pass(
     frame: pl.LazyFrame, compared: pl.Expr | None, latest: bool
 ) -> tuple[pl.Series, dt.date | None, int | None]:
-    """One read of the rows for what must be known before judging them: the hash values that
-    occur more than once (sorting 8-byte hashes is far cheaper than grouping whole rows), for
-    `as_of: latest` the last day with a purchase that survives the content rules, and how many
-    rows there are (None when the pass is not needed)."""
+    """One read of the rows for what must be known before judging them: the row keys of the
+    duplicate candidates (rows whose hash occurs more than once: sorting 8-byte hashes is far
+    cheaper than grouping whole rows), for `as_of: latest` the last day with a purchase that
+    survives the content rules, and how many rows there are (None when the pass is not needed)."""
     survivor = pl.col(REASON).is_null() & ~pl.col(IS_RETURN)
     if compared is None:
         if not latest:
             return _NO_KEYS, None, None
         day = frame.select(pl.col("order_date").filter(survivor).max(), pl.len()).collect()
         return _NO_KEYS, day.item(0, 0), day.item(0, 1)
-    columns = [compared.hash(seed=0).alias("_hash")]
+    columns = [compared.hash(seed=0).alias("_hash"), _row_key().alias("_key")]
     if latest:  # a column, not its max, so that one select reads the rows once
         columns.append(pl.when(survivor).then(pl.col("order_date")).alias("_day"))
     read = frame.select(columns).collect()
     hashes = read["_hash"].sort()
-    day = read["_day"].max() if latest else None
     repeated = hashes.filter(hashes == hashes.shift(1)).unique()
-    return repeated, day, read.height  # type: ignore[return-value]
+    candidates = read.filter(pl.col("_hash").is_in(repeated.implode()))["_key"]
+    day = read["_day"].max() if latest else None
+    return candidates, day, read.height  # type: ignore[return-value]
 
 
 def _row_key() -> pl.Expr:

@@ -22,6 +22,7 @@ from typing import Any
 
 import polars as pl
 import yaml  # type: ignore[import-untyped]
+from altair.utils.schemapi import debug_mode
 
 from . import charts as ch
 from .model import Report
@@ -485,6 +486,13 @@ def build_context(report: Report, segmentation: Segmentation | None = None) -> R
     seg = segmentation if segmentation is not None else getattr(report, "segmentation", None)
     if seg is None:
         raise ValueError("the report has no segmentation: run segment_customers first")
+    # Altair validates every chart object against the Vega-Lite schema as it is built (about
+    # 0.9 s of a report); the tests validate the finished specs instead (charts.to_spec).
+    with debug_mode(False):
+        return _build_context(report, seg)
+
+
+def _build_context(report: Report, seg: Segmentation) -> ReportContext:
     rows = _segment_rows(seg)
     recommendations = _recommendations(seg, rows)
     summary = _summary(report, seg, rows, recommendations)

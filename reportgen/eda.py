@@ -33,15 +33,15 @@ def eda_queries(orders: pl.LazyFrame, cleaned: Cleaned) -> dict[str, pl.LazyFram
     table only when no order has purchase lines in two months: the `_split_orders` column
     counts those, and `build_eda` then recomputes the months from the lines.
     """
-    month = pl.col("first_purchase").dt.truncate("1mo")
-    split = (pl.col("last_purchase").dt.truncate("1mo") != month).sum().alias("_split_orders")
+    month = pl.col("first_purchase").dt.month_start()
+    split = (pl.col("last_purchase").dt.month_start() != month).sum().alias("_split_orders")
     purchased = orders.filter(pl.col("last_purchase").is_not_null())
     return {"eda_months": _month_totals(purchased, month, cleaned, split)}
 
 
 def months_from_lines(cleaned: Cleaned) -> pl.LazyFrame:
     """The per-month totals from the purchase lines: exact also for orders spanning months."""
-    month = pl.col("order_date").dt.truncate("1mo")
+    month = pl.col("order_date").dt.month_start()
     purchases = cleaned.frame.filter(pl.col(REASON).is_null() & ~pl.col(IS_RETURN))
     per_order = purchases.group_by(
         month.alias("month"), "customer_id", within_customer(cleaned)
@@ -71,9 +71,9 @@ def monthly_table(months: pl.DataFrame, customers: pl.DataFrame) -> pl.DataFrame
     A customer is new in the month their history starts (`first_order`) when they also bought
     in it (their first kept purchase, `first_purchase`, falls in the same month).
     """
-    month = pl.col("first_order").dt.truncate("1mo")
+    month = pl.col("first_order").dt.month_start()
     new = (
-        customers.filter(month == pl.col("first_purchase").dt.truncate("1mo"))
+        customers.filter(month == pl.col("first_purchase").dt.month_start())
         .group_by(month.alias("month"))
         .agg(pl.len().cast(COUNT).alias("new_customers"))
     )

@@ -6,14 +6,17 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import importlib
 import json
 import logging
 import os
 import platform
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -58,6 +61,12 @@ log = logging.getLogger(__name__)
 Stage = Callable[[str], None]
 _SHOWN_ROWS = 5
 
+# Imported on a thread while polars reads the transactions (it releases the GIL), so that they
+# are loaded when needed: scikit-learn takes ~3 s to import here (SciPy's stats come with it),
+# WeasyPrint and vl-convert ~1.5 s.
+SEGMENTATION_MODULES = ("sklearn.cluster", "sklearn.metrics", "scipy.optimize")
+WRITER_MODULES = ("weasyprint", "vl_convert")
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -91,7 +100,8 @@ def run(
     root = output if output is not None else config.output.dir
     report_dir = prepare_report_dir(root, config.report.report_slug)
     with report_lock(report_dir):
-        report = compute_report(config, as_of=as_of, stage=stage, history_dir=report_dir)
+        report = compute_report(config, as_of=as_of, stage=stage, history_dir=report_dir,
+                                preload=SEGMENTATION_MODULES + WRITER_MODULES)  # fmt: skip
         (stage or _quiet)("Writing the run folder")
         folder = report_dir / report.run_name
         marker = read_marker(folder)  # a re-run of a sent as-of keeps its sent.json
@@ -141,13 +151,16 @@ def compute_report(
     now: dt.datetime | None = None,
     stage: Stage | None = None,
     history_dir: Path | None = None,
+    preload: Sequence[str] = SEGMENTATION_MODULES,
 ) -> Report:
     """Every stage from the transactions to the Report model; writes nothing.
 
     `history_dir` (the report's folder of run folders) holds the earlier runs to compare with.
+    `preload`: modules imported on a thread while the transactions are read.
     """
     stage = stage or _quiet
-    facts = compute_rfm_stage(config, as_of, now, stage)
+    with _importing(preload):
+        facts = compute_rfm_stage(config, as_of, now, stage)
     previous = _previous(config, history_dir, facts.period.as_of)
     stage("Segmenting customers")
     earlier = _previous_segments(config, previous)
@@ -180,6 +193,26 @@ def compute_report(
         previous, snapshot_of(report), config.history.risk_segments, segmentation.continuity
     )
     return dataclasses.replace(report, changes=changes)
+
+
+@contextlib.contextmanager
+def _importing(modules: Sequence[str]) -> Iterator[None]:
+    """Import `modules` on a thread while the block runs; wait for them when it ends. The block
+    must not import them itself (two threads importing each other's modules can deadlock)."""
+    thread = threading.Thread(target=_import_quietly, args=(modules,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+def _import_quietly(modules: Sequence[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the import where the module is used reports it
+            log.debug("preloading %s failed", name, exc_info=True)
 
 
 def _extensions(
@@ -298,8 +331,10 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
         results |= _collect_rows(lines, cleaned)
     groups = results.pop("groups").lazy()
     orders = order_query(groups, cleaned).collect().lazy()  # for the monthly EDA and RFM
-    second = group_audit_queries(cleaned, groups) | eda_queries(orders, cleaned)
-    results |= _collect_all(second | {"rfm": rfm_query(orders, cleaned)})
+    results |= _collect_all(group_audit_queries(cleaned, groups) | {"rfm": rfm_query(orders, cleaned)})
+    # On a frame in memory, polars' in-memory engine counts the distinct orders and customers
+    # per month in half the time of the streaming one (0.5 s against 1 s for 10M rows).
+    results |= _collect_all(eda_queries(orders, cleaned), engine="in-memory")
     results["totals"] = pl.concat([results.pop("counted"), results.pop("checks")], how="horizontal")
     return results, cleaned
 
@@ -316,8 +351,10 @@ def _collect_rows(queries: dict[str, pl.LazyFrame], cleaned: Cleaned) -> dict[st
     return _collect_all(queries)
 
 
-def _collect_all(queries: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:
-    return dict(zip(queries, pl.collect_all(list(queries.values())), strict=True))
+def _collect_all(
+    queries: dict[str, pl.LazyFrame], engine: Literal["auto", "in-memory", "streaming"] = "auto"
+) -> dict[str, pl.DataFrame]:
+    return dict(zip(queries, pl.collect_all(list(queries.values()), engine=engine), strict=True))
 
 
 @contextlib.contextmanager
