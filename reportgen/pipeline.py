@@ -61,10 +61,12 @@ log = logging.getLogger(__name__)
 Stage = Callable[[str], None]
 _SHOWN_ROWS = 5
 
-# Imported on a thread while polars reads the transactions (it releases the GIL), so that they
-# are loaded when needed: scikit-learn takes ~3 s to import here (SciPy's stats come with it),
-# WeasyPrint and vl-convert ~1.5 s.
-SEGMENTATION_MODULES = ("sklearn.cluster", "sklearn.metrics", "scipy.optimize")
+# Imported on a thread while other work runs, so that they are loaded when needed: scikit-learn
+# takes ~3 s to import here (SciPy's stats come with it), WeasyPrint and vl-convert ~1.5 s. The
+# segmentation's while polars reads the rows (it releases the GIL), the writers' while the
+# customers are segmented (on one thread, for determinism: the other core is idle).
+SEGMENTATION_MODULES = ("sklearn.cluster", "sklearn.metrics", "sklearn.preprocessing",
+                        "scipy.optimize", "scipy.spatial.distance", "threadpoolctl")  # fmt: skip
 WRITER_MODULES = ("weasyprint", "vl_convert")
 
 
@@ -101,7 +103,7 @@ def run(
     report_dir = prepare_report_dir(root, config.report.report_slug)
     with report_lock(report_dir):
         report = compute_report(config, as_of=as_of, stage=stage, history_dir=report_dir,
-                                preload=SEGMENTATION_MODULES + WRITER_MODULES)  # fmt: skip
+                                preload=WRITER_MODULES)  # fmt: skip
         (stage or _quiet)("Writing the run folder")
         folder = report_dir / report.run_name
         marker = read_marker(folder)  # a re-run of a sent as-of keeps its sent.json
@@ -151,25 +153,26 @@ def compute_report(
     now: dt.datetime | None = None,
     stage: Stage | None = None,
     history_dir: Path | None = None,
-    preload: Sequence[str] = SEGMENTATION_MODULES,
+    preload: Sequence[str] = (),
 ) -> Report:
     """Every stage from the transactions to the Report model; writes nothing.
 
     `history_dir` (the report's folder of run folders) holds the earlier runs to compare with.
-    `preload`: modules imported on a thread while the transactions are read.
+    `preload`: modules needed next (the writers'), imported while the customers are segmented.
     """
     stage = stage or _quiet
-    with _importing(preload):
+    with _importing(SEGMENTATION_MODULES):
         facts = compute_rfm_stage(config, as_of, now, stage)
     previous = _previous(config, history_dir, facts.period.as_of)
     stage("Segmenting customers")
     earlier = _previous_segments(config, previous)
-    representation = build_representation(facts.rfm, facts.extras, config)  # None unless on
-    segmentation = segment_customers(
-        facts.rfm, config.segmentation, config.playbook, config.seed, earlier,
-        space=representation.clustered if representation is not None else None,
-    )
-    fairness, graph = _extensions(config, facts, segmentation, stage)
+    with _importing(preload):
+        representation = build_representation(facts.rfm, facts.extras, config)  # None unless on
+        segmentation = segment_customers(
+            facts.rfm, config.segmentation, config.playbook, config.seed, earlier,
+            space=representation.clustered if representation is not None else None,
+        )
+        fairness, graph = _extensions(config, facts, segmentation, stage)
     report = Report(
         config=config,
         source=facts.source,

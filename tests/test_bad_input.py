@@ -543,3 +543,20 @@ def test_duplicate_key_naming_a_missing_column(tmp_path: Path) -> None:
     _csv(tmp_path, HEADER + GOOD_ROWS)
     _fail_case(tmp_path, {"cleaning": {"duplicates": ["order_id", "sku"]}}, 4,
                "cleaning.duplicates", "sku", "The data has: customer_id")  # fmt: skip
+
+
+def test_console_entry_point_keeps_exit_code_and_output(tmp_path):
+    """The entry point exits without tearing the interpreter down: what it printed to a pipe
+    still arrives, and the exit code is the documented one."""
+    import subprocess
+
+    entry = [sys.executable, "-c", "from reportgen.cli import main; main()"]
+    version = subprocess.run([*entry, "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert version.returncode == 0 and "version" in version.stdout
+    missing = subprocess.run([*entry, "run", "-c", "absent.yaml"], capture_output=True, text=True,
+                             cwd=tmp_path)  # fmt: skip
+    assert missing.returncode == 3
+    assert "absent.yaml: config file not found" in missing.stderr
+    usage = subprocess.run([*entry, "run", "--no-such-option"], capture_output=True, text=True,
+                           cwd=tmp_path)  # fmt: skip
+    assert usage.returncode == 2 and "No such option" in usage.stderr
