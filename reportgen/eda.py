@@ -33,10 +33,52 @@ def eda_queries(orders: pl.LazyFrame, cleaned: Cleaned) -> dict[str, pl.LazyFram
     table only when no order has purchase lines in two months: the `_split_orders` column
     counts those, and `build_eda` then recomputes the months from the lines.
     """
-    month = pl.col("first_purchase").dt.month_start()
-    split = (pl.col("last_purchase").dt.month_start() != month).sum().alias("_split_orders")
     purchased = orders.filter(pl.col("last_purchase").is_not_null())
-    return {"eda_months": _month_totals(purchased, month, cleaned, split)}
+    return {"eda_months": _month_totals(purchased, _ORDER_MONTH, cleaned, _SPLIT)}
+
+
+_ORDER_MONTH = pl.col("first_purchase").dt.month_start()
+_SPLIT = (pl.col("last_purchase").dt.month_start() != _ORDER_MONTH).sum().alias("_split_orders")
+
+
+def month_totals(orders: pl.DataFrame, cleaned: Cleaned, slices: int = 1) -> pl.DataFrame:
+    """`eda_queries`' table from the per-order frame in memory, in `slices` to bound memory.
+
+    The distinct counts hold every order id and customer of a month at once (0.9 GB for the
+    18M orders of 50M rows). In slices, the money, customers and split orders are counted per
+    slice of customers and the distinct orders per slice of order ids: the slices share no
+    customer (no order id), so their counts add up.
+    """
+    query = eda_queries(orders.lazy(), cleaned)["eda_months"]
+    if slices <= 1:  # the in-memory engine: twice as fast as streaming on a frame in memory
+        return query.collect(engine="in-memory")
+    ids = cleaned.transactions.has_order_id
+    customers = _sum_of_slices(orders, "customer_id", slices, [
+        pl.col("gross").sum().alias("revenue_minor"),
+        pl.col("customer_id").n_unique().cast(COUNT).alias("customers"),
+        _SPLIT,
+        *([] if ids else [pl.len().cast(COUNT).alias("orders")]),  # a customer's day
+    ])  # fmt: skip
+    if ids:
+        distinct = [pl.col("order_id").n_unique().cast(COUNT).alias("orders")]
+        customers = customers.join(_sum_of_slices(orders, "order_id", slices, distinct),
+                                   on="month")  # fmt: skip
+    schema = query.collect_schema()
+    return customers.select(schema.names()).cast(dict(schema))
+
+
+def _sum_of_slices(
+    orders: pl.DataFrame, column: str, slices: int, aggregates: list[pl.Expr]
+) -> pl.DataFrame:
+    """Per month of the purchases, `aggregates` computed per slice of `column`'s values (one
+    slice copied at a time) and summed."""
+    slice_of = orders[column].hash(seed=0) % slices
+    purchase = orders["last_purchase"].is_not_null()
+    parts = [
+        orders.filter(purchase & (slice_of == i)).group_by(_ORDER_MONTH.alias("month")).agg(aggregates)
+        for i in range(slices)
+    ]  # fmt: skip
+    return pl.concat(parts).group_by("month").sum()
 
 
 def months_from_lines(cleaned: Cleaned) -> pl.LazyFrame:

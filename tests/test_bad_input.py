@@ -550,13 +550,14 @@ def test_console_entry_point_keeps_exit_code_and_output(tmp_path):
     still arrives, and the exit code is the documented one."""
     import subprocess
 
-    entry = [sys.executable, "-c", "from reportgen.cli import main; main()"]
-    version = subprocess.run([*entry, "--version"], capture_output=True, text=True, cwd=tmp_path)
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", "from reportgen.cli import main; main()", *args]
+        return subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path)
+
+    version = run("--version")
     assert version.returncode == 0 and "version" in version.stdout
-    missing = subprocess.run([*entry, "run", "-c", "absent.yaml"], capture_output=True, text=True,
-                             cwd=tmp_path)  # fmt: skip
+    missing = run("run", "-c", "absent.yaml")
     assert missing.returncode == 3
     assert "absent.yaml: config file not found" in missing.stderr
-    usage = subprocess.run([*entry, "run", "--no-such-option"], capture_output=True, text=True,
-                           cwd=tmp_path)  # fmt: skip
+    usage = run("run", "--no-such-option")
     assert usage.returncode == 2 and "No such option" in usage.stderr

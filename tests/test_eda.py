@@ -6,7 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
+
 import reportgen
+from reportgen import pipeline
 from reportgen.pipeline import compute_rfm_stage
 
 ROWS = """customer,invoice,date,amount
@@ -31,3 +34,44 @@ def test_an_order_spanning_months_counts_in_both(tmp_path: Path) -> None:
         (dt.date(2024, 1, 1), 1000, 1, 1, 1),
         (dt.date(2024, 2, 1), 1300, 2, 2, 1),
     ]
+
+
+# Order ids shared by customers within a month (I2 in February, I4 in March), none spanning two.
+SHARED_IDS = """customer,invoice,date,amount
+C1,I1,2024-01-31,10.00
+C6,I6,2024-01-02,9.00
+C2,I2,2024-02-03,7.00
+C2,I1,2024-02-04,1.00
+C7,I2,2024-02-10,6.00
+C3,I3,2024-03-05,3.00
+C4,I4,2024-03-05,4.00
+C4,I5,2024-03-05,-1.00
+C5,I1,2024-03-09,2.50
+C8,I4,2024-03-06,8.00
+"""
+
+
+@pytest.mark.parametrize("order_ids", [True, False])
+def test_large_inputs_computed_in_slices_give_the_same_tables(tmp_path, monkeypatch, order_ids):
+    """Past SLICE_GROUPS groups the orders and the monthly counts are computed a slice of
+    customers (of order ids) at a time; order ids shared across slices still count once."""
+    (tmp_path / "t.csv").write_text(SHARED_IDS, encoding="utf-8")
+    columns = {"customer_id": "customer", "order_id": "invoice" if order_ids else None,
+               "order_date": "date", "amount": "amount"}  # fmt: skip
+    config = reportgen.config_from_dict({"input": {"path": "t.csv", "columns": columns}},
+                                        base_dir=tmp_path)  # fmt: skip
+    whole = compute_rfm_stage(config)
+    monkeypatch.setattr(pipeline, "SLICE_GROUPS", 1)  # one group a slice: every id in its own
+    sliced = compute_rfm_stage(config)
+    assert sliced.eda.monthly.equals(whole.eda.monthly)
+    assert sliced.rfm.frame.equals(whole.rfm.frame)
+    assert whole.eda.monthly["orders"].to_list() == ([2, 2, 3] if order_ids else [2, 3, 4])
+
+
+def test_sample_data_in_slices_gives_the_same_tables(monkeypatch, shipped_config_path):
+    config = reportgen.load_config(shipped_config_path)
+    whole = compute_rfm_stage(config)
+    monkeypatch.setattr(pipeline, "SLICE_GROUPS", 5_000)
+    sliced = compute_rfm_stage(config)
+    assert sliced.eda.monthly.equals(whole.eda.monthly)
+    assert sliced.rfm.frame.equals(whole.rfm.frame)
