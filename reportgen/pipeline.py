@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import importlib
 import json
@@ -12,7 +13,7 @@ import logging
 import os
 import platform
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -63,10 +64,16 @@ _SHOWN_ROWS = 5
 # Imported on a thread while other work runs, so that they are loaded when needed: scikit-learn
 # takes ~3 s to import here (SciPy's stats come with it), WeasyPrint and vl-convert ~1.5 s. The
 # segmentation's while polars reads the rows (it releases the GIL), the writers' while the
-# customers are segmented (on one thread, for determinism: the other core is idle).
+# customers are segmented (on one thread, for determinism: the other core is idle). Starting
+# vl-convert's engine there as well (its first chart costs ~1 s) slowed the segmentation by 2 s.
 SEGMENTATION_MODULES = ("sklearn.cluster", "sklearn.metrics", "sklearn.preprocessing",
                         "scipy.optimize", "scipy.spatial.distance", "threadpoolctl")  # fmt: skip
 WRITER_MODULES = ("weasyprint", "vl_convert")
+
+
+def _import_all(modules: tuple[str, ...]) -> None:
+    for name in modules:
+        importlib.import_module(name)
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ def run(
     report_dir = prepare_report_dir(root, config.report.report_slug)
     with report_lock(report_dir):
         report = compute_report(config, as_of=as_of, stage=stage, history_dir=report_dir,
-                                preload=WRITER_MODULES)  # fmt: skip
+                                prepare=functools.partial(_import_all, WRITER_MODULES))  # fmt: skip
         (stage or _quiet)("Writing the run folder")
         folder = report_dir / report.run_name
         marker = read_marker(folder)  # a re-run of a sent as-of keeps its sent.json
@@ -152,20 +159,20 @@ def compute_report(
     now: dt.datetime | None = None,
     stage: Stage | None = None,
     history_dir: Path | None = None,
-    preload: Sequence[str] = (),
+    prepare: Callable[[], None] | None = None,
 ) -> Report:
     """Every stage from the transactions to the Report model; writes nothing.
 
     `history_dir` (the report's folder of run folders) holds the earlier runs to compare with.
-    `preload`: modules needed next (the writers'), imported while the customers are segmented.
+    `prepare`: what the next stage needs (its imports), done while customers are segmented.
     """
     stage = stage or _quiet
-    with _importing(SEGMENTATION_MODULES):
+    with _in_background(functools.partial(_import_all, SEGMENTATION_MODULES)):
         facts = compute_rfm_stage(config, as_of, now, stage)
     previous = _previous(config, history_dir, facts.period.as_of)
     stage("Segmenting customers")
     earlier = _previous_segments(config, previous)
-    with _importing(preload):
+    with _in_background(prepare):
         representation = build_representation(facts.rfm, facts.extras, config)  # None unless on
         segmentation = segment_customers(
             facts.rfm, config.segmentation, config.playbook, config.seed, earlier,
@@ -198,10 +205,14 @@ def compute_report(
 
 
 @contextlib.contextmanager
-def _importing(modules: Sequence[str]) -> Iterator[None]:
-    """Import `modules` on a thread while the block runs; wait for them when it ends. The block
-    must not import them itself (two threads importing each other's modules can deadlock)."""
-    thread = threading.Thread(target=_import_quietly, args=(modules,), daemon=True)
+def _in_background(task: Callable[[], None] | None) -> Iterator[None]:
+    """Run `task` (loading modules) on a thread while the block runs; wait for it when the
+    block ends. The block must not import the same modules (two threads importing each
+    other's modules can deadlock). A failure is left to where the module is used to report."""
+    if task is None:
+        yield
+        return
+    thread = threading.Thread(target=_quietly, args=(task,), daemon=True)
     thread.start()
     try:
         yield
@@ -209,12 +220,11 @@ def _importing(modules: Sequence[str]) -> Iterator[None]:
         thread.join()
 
 
-def _import_quietly(modules: Sequence[str]) -> None:
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # the import where the module is used reports it
-            log.debug("preloading %s failed", name, exc_info=True)
+def _quietly(task: Callable[[], None]) -> None:
+    try:
+        task()
+    except Exception:  # the import where the module is used reports it
+        log.debug("preparing in the background failed", exc_info=True)
 
 
 def _extensions(
