@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "--repeats", str(args.repeats), "--out", str(out),
                                 "--peers", *args.peers])  # fmt: skip
         if args.end_to_end:
-            _end_to_end(size, _generate(size, "parquet", args.data))
+            _end_to_end(size, _generate(size, "parquet", args.data), args.repeats)
     report = _report()
     (RESULTS / "latest.md").write_text(report, encoding="utf-8")
     _scaling_chart(RESULTS / "scaling.svg")
@@ -107,8 +107,15 @@ output: {{dir: {out}}}
 _STAGE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO reportgen[\w.]*: (.*)$")
 
 
-def _end_to_end(size: str, source: Path) -> None:
-    """`reportgen run` as a user runs it: a fresh process, every output written."""
+def _end_to_end(size: str, source: Path, repeats: int) -> None:
+    """`reportgen run` as a user runs it: a fresh process, every output written; the run with
+    the median time is kept (all times listed)."""
+    runs = sorted((_run_once(size, source) for _ in range(repeats)), key=lambda r: r["wall_s"])
+    result = runs[len(runs) // 2] | {"walls_s": [r["wall_s"] for r in runs]}
+    (RESULTS / f"e2e_{size}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _run_once(size: str, source: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.yaml"
         config.write_text(E2E_CONFIG.format(size=size, source=source, out=Path(tmp) / "out"))
@@ -119,9 +126,9 @@ def _end_to_end(size: str, source: Path) -> None:
     if run.returncode:
         sys.exit(f"reportgen run failed on {source}:\n{run.stderr[-3000:]}")
     wall, rss_kb = run.stderr.rsplit("__GNUTIME__", 1)[1].split()
-    result = {"size": size, "source": str(source), "wall_s": float(wall),
-              "rss_max_mb": round(int(rss_kb) / 1024), "stages": _stage_times(run.stderr)}  # fmt: skip
-    (RESULTS / f"e2e_{size}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[{size} end to end] wall={wall}s rss={int(rss_kb) / 1024:.0f}MB", flush=True)
+    return {"size": size, "source": str(source), "wall_s": float(wall),
+            "rss_max_mb": round(int(rss_kb) / 1024), "stages": _stage_times(run.stderr)}  # fmt: skip
 
 
 def _stage_times(log: str) -> dict[str, float]:
