@@ -74,11 +74,6 @@ def chart_images(ctx: ReportContext) -> dict[str, tuple[bytes, str]]:
     return images
 
 
-def chart_svgs(ctx: ReportContext) -> dict[str, str]:
-    """Every chart as SVG in the pinned font and the report's locale (no external data)."""
-    return {c.id: _convert(ctx, c.spec, "svg").decode("utf-8") for c in ctx.charts}
-
-
 def _convert(ctx: ReportContext, spec: dict, fmt: str) -> bytes:
     import vl_convert
 

@@ -414,17 +414,18 @@ def _date_exprs(column: str, dtype: pl.DataType, formats: list[str], tz: str) ->
     parsed = [(pl.col(f"_date{i}"), "%z" in f or "%Z" in f) for i, f in enumerate(formats)]
     ts = pl.coalesce([p for p, _ in parsed])
     zoned = pl.coalesce([pl.when(p.is_not_null()).then(pl.lit(z)) for p, z in parsed])
-    text = col.cast(pl.String).str.strip_chars()
-    present = text.is_not_null() & (text != "")
-    return [ts.alias("order_ts"), zoned.alias("_zoned"), (present & ts.is_null()).alias("_bad_date")]
+    bad = pl.col("_date_given") & ts.is_null()
+    return [ts.alias("order_ts"), zoned.alias("_zoned"), bad.alias("_bad_date")]
 
 
 def _parsed_dates(column: str, schema: pl.Schema, formats: list[str], tz: str) -> list[pl.Expr]:
-    """A text date column parsed with each format, as `_date0`, `_date1`... (see _canonical)."""
+    """A text date column parsed with each format, as `_date0`, `_date1`..., and `_date_given`
+    (it is not empty; see _canonical)."""
     if schema[column] == pl.Date or isinstance(schema[column], pl.Datetime):
         return []
     text = pl.col(column).cast(pl.String).str.strip_chars()
-    return [_parse(text, f, tz).alias(f"_date{i}") for i, f in enumerate(formats)]
+    given = (text.is_not_null() & (text != "")).alias("_date_given")
+    return [given, *[_parse(text, f, tz).alias(f"_date{i}") for i, f in enumerate(formats)]]
 
 
 def _parse(text: pl.Expr, fmt: str, tz: str) -> pl.Expr:

@@ -12,8 +12,9 @@ RFM definitions):
   of the customer's spend per value, for the `share_top` values with the most spend overall,
   and the rest as `other`.
 The basket sizes and spend shares come from lazy per-customer queries over the kept purchase
-lines, collected by the pipeline once duplicates are settled (`representation_queries`). Skewed counts and amounts get log1p,
-then every feature is standardized; a constant feature is left out (and said so).
+lines, collected by the pipeline once duplicates are settled (`representation_queries`).
+Skewed counts and amounts get log1p, then every feature is standardized; a constant feature is
+left out (and said so).
 
 The embedding is a small autoencoder (features -> hidden -> bottleneck -> hidden -> features,
 tanh), a scikit-learn MLPRegressor trained on the CPU on a seeded sample to reproduce its

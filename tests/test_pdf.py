@@ -15,7 +15,7 @@ from pypdf import PdfReader
 
 import reportgen
 from reportgen.context import SECTIONS, ChartView, build_context
-from reportgen.pdf import BlockedURLError, SafeFetcher, chart_svgs, html_to_pdf
+from reportgen.pdf import BlockedURLError, SafeFetcher, chart_images, html_to_pdf
 from reportgen.render import write_reports
 
 DATA = Path(__file__).parent / "data" / "reports"
@@ -280,4 +280,4 @@ def test_chart_conversion_loads_no_external_data(pdf):
                        "data": {"url": "http://127.0.0.1:9/data.csv"},
                        "encoding": {"x": {"field": "a", "type": "nominal"}}})  # fmt: skip
     with pytest.raises(Exception, match="(?i)not allowed"):
-        chart_svgs(dataclasses.replace(ctx, charts=(remote,)))
+        chart_images(dataclasses.replace(ctx, charts=(remote,)))
