@@ -98,6 +98,14 @@ def _short_axis(money: bool = False, **kwargs: Any) -> alt.Axis:
     return alt.Axis(labelExpr=f"datum.value === 0 ? '0' : format(datum.value, '{fmt}')", **kwargs)
 
 
+def _log_short_axis(money: bool = False, **kwargs: Any) -> alt.Axis:
+    """A log axis labelled '0.1, 1, 10, 100, 1k', thinned as d3 thins log ticks; below 1 in
+    decimals: SI's '100m' (for milli) reads as millions."""
+    short, small = ("$~s", "$.2~f") if money else ("~s", ".2~f")
+    label = f"datum.label !== '' && datum.value < 1 ? format(datum.value, '{small}') : datum.label"
+    return alt.Axis(format=short, labelExpr=label, **kwargs)
+
+
 def _money(minor: float, digits: int) -> float:
     return float(minor) / 10**digits
 
@@ -334,12 +342,16 @@ def _log_axis(feature: str) -> dict[str, Any]:
     scale = (
         alt.Scale(type="symlog", constant=5) if feature == "recency_days" else alt.Scale(type="log")
     )
-    fmt = {"recency_days": ",.0f", "frequency": "~s", "monetary": "$~s"}[feature]
+    axis = (
+        alt.Axis(tickCount=5, format=",.0f")
+        if feature == "recency_days"
+        else _log_short_axis(money=feature == "monetary", tickCount=5)
+    )
     return {
         "shorthand": f"{feature}:Q",
         "title": f"{FEATURE_TITLES[feature]} (log)",
         "scale": scale,
-        "axis": alt.Axis(tickCount=5, format=fmt),
+        "axis": axis,
     }
 
 
@@ -597,7 +609,8 @@ def distribution_chart(rfm: RfmTable) -> Chart:
         title = FEATURE_TITLES[feature] + (" (log scale)" if log_scale else "")
         chart = alt.Chart(alt.Data(values=rows)).mark_rect(color="#1f4e79", stroke="white",
                                                            strokeWidth=0.5).encode(
-            x=alt.X("start:Q", scale=scale, title=title, axis=alt.Axis(format=fmt, tickCount=4)),
+            x=alt.X("start:Q", scale=scale, title=title, axis=_log_short_axis(money=True, tickCount=4)
+                    if log_scale else alt.Axis(format=fmt, tickCount=4)),
             x2="end:Q",
             y=alt.Y("customers:Q", title="Customers" if i == 0 else None,
                     axis=alt.Axis(format=",d", tickCount=4)),
