@@ -17,7 +17,7 @@ t_import = time.perf_counter()
 import polars as pl
 
 import reportgen
-from reportgen.pipeline import compute_rfm_stage
+from reportgen.rfm_stage import compute_rfm_stage
 
 import_s = time.perf_counter() - t_import
 

@@ -93,7 +93,7 @@ class Cleaned:
     transactions: Transactions
     window_days: int | None
     as_of: dt.date | None = None  # None when `latest` found no clean purchase
-    compared: pl.Expr | None = None  # the columns the duplicate rule compares (None: rule off)
+    compared: tuple[str, ...] | None = None  # the columns the duplicate rule compares (None: off)
     whole_rows: bool = True  # it compares every column, so a copy is in its original's group
     rows_read: int | None = None  # when the first pass counted them
 
@@ -145,8 +145,8 @@ def _is_return(tx: Transactions, cfg: CleaningSection) -> pl.Expr:
     return (pl.col("amount_minor") < 0).fill_null(False)
 
 
-def _compared_row(tx: Transactions, cfg: CleaningSection) -> pl.Expr | None:
-    """The source columns the duplicate rule compares, as one struct (None: the rule is off)."""
+def _compared_row(tx: Transactions, cfg: CleaningSection) -> tuple[str, ...] | None:
+    """The source columns the duplicate rule compares (None: the rule is off)."""
     if cfg.duplicates == "off":
         return None
     names = tx.source.columns if cfg.duplicates == "all" else cfg.duplicates
@@ -156,14 +156,25 @@ def _compared_row(tx: Transactions, cfg: CleaningSection) -> pl.Expr | None:
             f"{tx.source.location}: cleaning.duplicates names column(s) not in the data: "
             f"{', '.join(unknown)}. The data has: {', '.join(tx.source.columns)}"
         )
-    return pl.struct([pl.col(SOURCE_PREFIX + c) for c in names])
+    return tuple(SOURCE_PREFIX + c for c in names)
 
 
+def _row_hash(columns: tuple[str, ...]) -> pl.Expr:
+    """One 64-bit hash of the compared columns, folded from each column's hash (on 10M rows
+    0.3 s, where hashing them as one struct took 0.4-1 s). Equal rows hash equal; unequal rows
+    that collide only become candidates, which are compared exactly."""
+    folded = pl.col(columns[0]).hash(seed=0)
+    for seed, column in enumerate(columns[1:], start=1):
+        folded = (folded * _MIX) ^ pl.col(column).hash(seed=seed)  # wraps around 2^64
+    return folded
+
+
+_MIX = pl.lit(0x9E3779B97F4A7C15, dtype=pl.UInt64)  # odd: multiplying by it loses no bits
 _NO_KEYS = pl.Series("key", [], dtype=pl.UInt64)
 
 
 def _first_pass(
-    frame: pl.LazyFrame, compared: pl.Expr | None, latest: bool
+    frame: pl.LazyFrame, compared: tuple[str, ...] | None, latest: bool
 ) -> tuple[pl.Series, dt.date | None, int | None]:
     """One read of the rows for what must be known before judging them: the row keys of the
     duplicate candidates (rows whose hash occurs more than once: sorting 8-byte hashes is far
@@ -175,7 +186,7 @@ def _first_pass(
             return _NO_KEYS, None, None
         day = frame.select(pl.col("order_date").filter(survivor).max(), pl.len()).collect()
         return _NO_KEYS, day.item(0, 0), day.item(0, 1)
-    columns = [compared.hash(seed=0).alias("_hash"), _row_key().alias("_key")]
+    columns = [_row_hash(compared).alias("_hash"), _row_key().alias("_key")]
     if latest:  # a column, not its max, so that one select reads the rows once
         columns.append(pl.when(survivor).then(pl.col("order_date")).alias("_day"))
     read = frame.select(columns).collect()
@@ -256,7 +267,8 @@ def candidates_queries(cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
         return {}
     columns = dict.fromkeys([*_group_keys(cleaned), *_SHOWN, *cleaned.transactions.attributes])
     rows = cleaned.frame.filter(pl.col(CANDIDATE))
-    return {"candidates": rows.select(*columns, cleaned.compared.alias("_content"))}
+    content = pl.struct(*cleaned.compared).alias("_content")
+    return {"candidates": rows.select(*columns, content)}
 
 
 def settle_duplicates(

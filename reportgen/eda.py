@@ -1,7 +1,7 @@
 """EDA of the kept transactions: revenue, orders and new vs returning customers per month.
 
 The monthly query is lazy and read off the per-order aggregate of the RFM stage, next to
-the audit and RFM (pipeline._collect).
+the audit and RFM (rfm_stage._collect).
 """
 
 from __future__ import annotations

@@ -18,48 +18,21 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import polars as pl
-
-from .clean import (
-    Cleaned,
-    CleaningAudit,
-    annotate,
-    build_audit,
-    candidates_queries,
-    group_audit_queries,
-    line_groups,
-    row_audit_queries,
-    settle_duplicates,
-)
 from .compare import compare_runs
 from .comparison import Comparison, compare_segmentations
 from .config import Config, load_config
-from .eda import Eda, build_eda, month_totals
-from .errors import InputDataError
 from .export import write_exports
 from .fairness import FairnessAudit, audit_fairness
-from .graph import PAIRS_QUERY, PRODUCTS_QUERY, CustomerGraph, build_customer_graph, graph_queries
-from .grid import SegmentMap, load_segment_map
+from .graph import PAIRS_QUERY, PRODUCTS_QUERY, CustomerGraph, build_customer_graph
 from .history import Snapshot, previous_snapshot, snapshot_of
 from .mail import SmtpFactory, email_settings, keep_marker, read_marker, send_password, send_run
 from .model import Report
 from .output import prepare_report_dir, report_lock, write_run_folder
-from .period import Period, PeriodRequest, request_period, window_start
-from .pushdown import collect_stage, is_pushdown
-from .read import FILE, ROW, Source, located_read_error, read_transactions
-from .representation import (
-    Representation,
-    build_representation,
-    representation_frames,
-    representation_queries,
-)
-from .rfm import RfmTable, finish_rfm, order_query, rfm_query
+from .representation import Representation, build_representation
+from .rfm_stage import RfmStage, Stage, compute_rfm_stage, quiet
 from .segment import PreviousSegments, Segmentation, segment_customers
 
 log = logging.getLogger(__name__)
-
-Stage = Callable[[str], None]
-_SHOWN_ROWS = 5
 
 # Imported on a thread while other work runs, so that they are loaded when needed: scikit-learn
 # takes ~3 s to import here (SciPy's stats come with it), WeasyPrint and vl-convert ~1.5 s. The
@@ -110,13 +83,13 @@ def run(
     with report_lock(report_dir):
         report = compute_report(config, as_of=as_of, stage=stage, history_dir=report_dir,
                                 prepare=functools.partial(_import_all, WRITER_MODULES))  # fmt: skip
-        (stage or _quiet)("Writing the run folder")
+        (stage or quiet)("Writing the run folder")
         folder = report_dir / report.run_name
         marker = read_marker(folder)  # a re-run of a sent as-of keeps its sent.json
         paths = write_run_folder(report_dir, report.run_name, lambda d: write_run_files(report, d))
         keep_marker(marker, folder)
         if send or dry_run:
-            (stage or _quiet)("Sending the email" if not dry_run else "Checking the email")
+            (stage or quiet)("Sending the email" if not dry_run else "Checking the email")
             sent = send_run(folder, config, force=force, dry_run=dry_run, password=password,
                             smtp_class=smtp_class)  # fmt: skip
             paths += [path for path in sent if path not in paths]
@@ -137,22 +110,6 @@ def write_run_files(report: Report, folder: Path) -> list[Path]:
     ]
 
 
-@dataclass(frozen=True)
-class RfmStage:
-    """What the transactions give: the period, the audit, the EDA tables and the RFM table."""
-
-    source: Source
-    period: Period
-    audit: CleaningAudit
-    eda: Eda
-    rfm: RfmTable
-    segment_map: SegmentMap
-    # graph.enabled: unique (customer_id, product_id) of kept purchases, and product names
-    purchases: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
-    # representation.features: extended: basket sizes and spend shares per customer
-    extras: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
-
-
 def compute_report(
     config: Config,
     as_of: str | dt.date | None = None,
@@ -166,7 +123,7 @@ def compute_report(
     `history_dir` (the report's folder of run folders) holds the earlier runs to compare with.
     `prepare`: what the next stage needs (its imports), done while customers are segmented.
     """
-    stage = stage or _quiet
+    stage = stage or quiet
     with _in_background(functools.partial(_import_all, SEGMENTATION_MODULES)):
         facts = compute_rfm_stage(config, as_of, now, stage)
     previous = _previous(config, history_dir, facts.period.as_of)
@@ -277,213 +234,6 @@ def _previous_segments(config: Config, previous: Snapshot | None) -> PreviousSeg
         centroids=previous.centroids,
         features=previous.features,
         match_threshold=config.history.match_threshold,
-    )
-
-
-def compute_rfm_stage(
-    config: Config,
-    as_of: str | dt.date | None = None,
-    now: dt.datetime | None = None,
-    stage: Stage | None = None,
-) -> RfmStage:
-    """Read, clean and aggregate the transactions (pipeline._collect); score and name customers."""
-    stage = stage or _quiet
-    stage("Reading the transactions")
-    request = request_period(config.period, as_of, now)
-    segment_map = load_segment_map(config.rfm.segment_map)
-    if is_pushdown(config.input):  # a database or Spark source: the queries run there
-        stage("Cleaning and computing RFM in the database")
-        pushed = collect_stage(config, request)
-        results, cleaned = pushed.results, pushed.cleaned
-    else:
-        tx = read_transactions(config.input, config.report.currency, config.period.timezone)
-        stage("Cleaning and computing RFM")
-        try:
-            with _read_errors(tx.source, config):
-                results, cleaned = _collect(annotate(tx, config.cleaning, request), config)
-            _check_input(results["totals"].row(0, named=True), cleaned, config)
-        finally:
-            tx.release()
-    return _rfm_stage_from(results, cleaned, request, config, segment_map)
-
-
-def _rfm_stage_from(
-    results: dict[str, pl.DataFrame], cleaned: Cleaned, request: PeriodRequest, config: Config,
-    segment_map: SegmentMap,
-) -> RfmStage:  # fmt: skip
-    """Audit, period, scores and grid from the collected frames (embedded engine or pushdown)."""
-    audit = build_audit(results, cleaned)
-    period = _resolved_period(results["totals"].row(0, named=True), request, audit)
-    digits = cleaned.transactions.minor_digits
-    rfm = finish_rfm(results["rfm"], config.rfm, segment_map, digits, period.window_start)
-    _check_not_empty(audit, rfm)
-    purchases = {k: results[k] for k in (PAIRS_QUERY, PRODUCTS_QUERY) if k in results}
-    return RfmStage(cleaned.transactions.source, period, audit, build_eda(results, cleaned), rfm,
-                    segment_map, purchases, representation_frames(results))  # fmt: skip
-
-
-def _quiet(_: str) -> None:
-    return None
-
-
-def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame], Cleaned]:
-    """Everything read from the transactions: the rows grouped, then the aggregates.
-
-    One query groups the rows (clean.line_groups); the others take what only the rows have:
-    value checks, example rows and the duplicate candidates, which are then settled. They
-    share one scan of the rows (`_collect_rows`). The audit counts, RFM and the monthly EDA
-    come from the groups. Returns the frames and the cleaning with its duplicates known.
-    """
-    examples = config.cleaning.examples_per_rule
-    first = {"groups": line_groups(cleaned)} | row_audit_queries(cleaned, examples)
-    results = _collect_rows(first | candidates_queries(cleaned), cleaned)
-    cleaned = settle_duplicates(cleaned, results, examples)
-    lines = graph_queries(cleaned, config) | representation_queries(cleaned, config)
-    if lines:  # graph.enabled or features: extended read the purchase lines again
-        results |= _collect_rows(lines, cleaned)
-    groups = results.pop("groups")
-    slices = -(-groups.height // SLICE_GROUPS)
-    orders = _orders(groups, cleaned, slices)  # for the monthly EDA and RFM
-    queries = group_audit_queries(cleaned, groups.lazy()) | {"rfm": rfm_query(orders.lazy(), cleaned)}
-    results |= _collect_all(queries)
-    results["eda_months"] = month_totals(orders, cleaned, slices)
-    results["totals"] = pl.concat([results.pop("counted"), results.pop("checks")], how="horizontal")
-    return results, cleaned
-
-
-# The per-order aggregates of a large input are computed for a slice of the customers at a time
-# (eda.month_totals likewise): on 50M rows (18M groups) polars' group-by held 1.1 GB more when it
-# took them all at once, and was no faster.
-SLICE_GROUPS = 4_000_000
-
-
-def _orders(groups: pl.DataFrame, cleaned: Cleaned, slices: int) -> pl.DataFrame:
-    """rfm.order_query over `groups`, a slice of customers at a time (their orders stay whole)."""
-    if slices <= 1:
-        return order_query(groups.lazy(), cleaned).collect()
-    in_slice = pl.col("customer_id").hash(seed=0) % slices
-    return pl.concat(
-        order_query(groups.lazy().filter(in_slice == i), cleaned).collect() for i in range(slices)
-    )
-
-
-# Queries over the rows collected together share one scan, but polars then holds the scanned
-# columns (about 75 bytes a row); past this many rows each query streams on its own instead:
-# slower, in bounded memory.
-SHARED_SCAN_MAX_ROWS = 15_000_000
-
-
-def _collect_rows(queries: dict[str, pl.LazyFrame], cleaned: Cleaned) -> dict[str, pl.DataFrame]:
-    if cleaned.rows_read is not None and cleaned.rows_read > SHARED_SCAN_MAX_ROWS:
-        return {name: query.collect() for name, query in queries.items()}
-    return _collect_all(queries)
-
-
-def _collect_all(queries: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:
-    return dict(zip(queries, pl.collect_all(list(queries.values())), strict=True))
-
-
-@contextlib.contextmanager
-def _read_errors(source: Source, config: Config) -> Iterator[None]:
-    """Data that cannot be read surfaces when a query runs: say which file and line."""
-    try:
-        yield
-    except pl.exceptions.ComputeError as exc:
-        raise located_read_error(exc, source, config.input) from None
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputDataError(f"{source.location}: {exc}") from None
-
-
-def _check_input(totals: dict, cleaned: Cleaned, config: Config) -> None:
-    """Values that make the data unusable as configured: stop and show where they are."""
-    cols = config.input.columns
-    count = _counted
-    if totals["rows"] == 0:
-        raise InputDataError(f"{cleaned.transactions.source.location}: the table has no rows")
-    if totals["bad_ids"]:
-        _raise_with_rows(
-            cleaned, "_bad_id",
-            f"{count(totals['bad_ids'], 'customer id')} in column {cols.customer_id!r} stored as "
-            "floats with a fraction or at or above 2^53 (digits lost); export the column as text",
-        )  # fmt: skip
-    if totals["bad_amounts"]:
-        names = cols.amount or f"{cols.quantity}/{cols.unit_price}"
-        _raise_with_rows(
-            cleaned, "_bad_amount",
-            f"{count(totals['bad_amounts'], 'value')} in {names!r} "
-            f"{'is not a number' if totals['bad_amounts'] == 1 else 'are not numbers'} "
-            f"(decimal separator {config.input.csv.decimal!r}: set input.csv.decimal if it is ',')",
-        )  # fmt: skip
-    if totals["bad_dates"] and config.cleaning.unparseable_dates == "error":
-        _raise_with_rows(
-            cleaned, "_bad_date",
-            f"{count(totals['bad_dates'], 'date')} in {cols.order_date!r} match none of "
-            f"input.date_formats {config.input.date_formats}: add their format, or set "
-            "cleaning.unparseable_dates: drop to drop and audit them",
-        )  # fmt: skip
-    if totals["zoned"] and totals["naive"]:
-        _raise_with_rows(
-            cleaned, "_zoned",
-            f"column {cols.order_date!r} mixes timestamps with a time zone ({totals['zoned']:,}) "
-            f"and without one ({totals['naive']:,}); make them all one kind",
-        )  # fmt: skip
-    _check_currency(totals["currencies"], cleaned, config)
-
-
-def _counted(number: int, noun: str) -> str:
-    return f"{number:,} {noun}{'' if number == 1 else 's'}"
-
-
-
-def _raise_with_rows(cleaned: Cleaned, flag: str, message: str) -> None:
-    source = cleaned.transactions.source
-    rows = (
-        cleaned.frame.filter(pl.col(flag).fill_null(False))
-        .select(FILE, ROW).head(_SHOWN_ROWS).collect().iter_rows()
-    )  # fmt: skip
-    raise InputDataError(f"{source.location}: {message} ({source.describe_rows(list(rows))})")
-
-
-def _check_currency(currencies: list[str] | None, cleaned: Cleaned, config: Config) -> None:
-    found = [c for c in (currencies or []) if c]
-    where = f"{cleaned.transactions.source.location}: column {config.input.columns.currency!r}"
-    if len(found) > 1:
-        raise InputDataError(
-            f"{where} holds more than one currency ({', '.join(found)}); reportgen sums money "
-            "in one currency: filter or convert the data first"
-        )
-    if found and found[0] != config.report.currency:
-        raise InputDataError(
-            f"{where} is in {found[0]} but report.currency is {config.report.currency}; "
-            "set report.currency to match"
-        )
-
-
-def _resolved_period(totals: dict, request: PeriodRequest, audit: CleaningAudit) -> Period:
-    as_of, latest = totals["as_of"], totals["latest_kept"]
-    if as_of is None or latest is None:
-        dropped = ", ".join(f"{r.rule} {r.rows:,}" for r in audit.rules if r.rows)
-        raise InputDataError(
-            f"no transaction is left after cleaning on or before the as-of date ({request.asked}); "
-            f"{audit.rows_read:,} rows read, dropped: {dropped}"
-        )
-    period = Period(as_of, window_start(as_of, request.window_days), request.timezone,
-                    request.asked, latest)  # fmt: skip
-    limit = request.max_staleness_days
-    if limit is not None and period.staleness_days > limit:
-        raise InputDataError(
-            f"data stale: the latest transaction is {latest}, {period.staleness_days} days "
-            f"before the as-of date {as_of} (period.max_staleness_days: {limit})"
-        )
-    return period
-
-
-def _check_not_empty(audit: CleaningAudit, rfm: RfmTable) -> None:
-    if audit.rows_kept and rfm.frame.height:
-        return
-    dropped = ", ".join(f"{r.rule} {r.rows:,}" for r in audit.rules if r.rows)
-    raise InputDataError(
-        f"no customer is left after cleaning ({audit.rows_read:,} rows read; dropped: {dropped})"
     )
 
 

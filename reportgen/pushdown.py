@@ -2,7 +2,7 @@
 
 The queries of sql.py run inside PostgreSQL, a DuckDB file or Spark; only aggregates come back
 (one row per customer, per rule and per month). They come back as the very frames the embedded
-engine gives (`pipeline._collect`), so the audit, the period, scoring
+engine gives (`rfm_stage._collect`), so the audit, the period, scoring
 (`rfm.finish_rfm`) and everything after are shared code.
 
 Credentials: the URL carries no password (config.py refuses one); it is read from the
@@ -51,7 +51,7 @@ _COUNT = pl.UInt32  # counts as one unsigned type (the engines give BIGINT or DE
 class PushedStage:
     """What the pushed-down queries give the pipeline.
 
-    `results` holds the frames `pipeline._collect` returns ("by_rule", "totals", "examples",
+    `results` holds the frames `rfm_stage._collect` returns ("by_rule", "totals", "examples",
     "eda_months", "rfm"); `cleaned` stands in for the cleaned transactions where the audit
     needs them (the source, the currency's digits, the window), with an empty frame.
     """
@@ -270,7 +270,7 @@ def _months(months: pl.DataFrame) -> pl.DataFrame:
 
 
 def _check_totals(totals: dict, src: SqlSource, config: Config) -> None:
-    """The checks of pipeline `_check_input`, without row positions (tables have none)."""
+    """The checks of rfm_stage `_check_input`, without row positions (tables have none)."""
     cols, where = config.input.columns, src.location
     if totals["rows"] == 0:
         raise InputDataError(f"{where}: the table has no rows")

@@ -350,6 +350,7 @@ def _canonical(
     parsed = [
         *_parsed_numbers(cols, schema, dec),
         *_parsed_dates(cols.order_date, schema, cfg.date_formats, tz),
+        *_trimmed_texts((cols.order_id, cols.product_id, cols.currency), schema),
     ]
     if parsed:
         raw = raw.with_columns(parsed)
@@ -374,8 +375,15 @@ def _text(column: str | None, schema: pl.Schema) -> pl.Expr:
         return pl.lit(None, dtype=pl.String)
     if schema[column].is_integer():
         return pl.col(column).cast(pl.Int64)
-    expr = pl.col(column).cast(pl.String).str.strip_chars()
-    return pl.when(expr != "").then(expr)  # not .replace: it holds the whole column (polars 2.1)
+    trimmed = pl.col(f"_trimmed:{column}")
+    return pl.when(trimmed != "").then(trimmed)  # not .replace: it holds the whole column (polars 2.1)
+
+
+def _trimmed_texts(columns: tuple[str | None, ...], schema: pl.Schema) -> list[pl.Expr]:
+    """Text columns trimmed, as `_trimmed:NAME` (see _canonical: trimming 10M order ids twice
+    cost 0.1 s a pass)."""
+    texts = dict.fromkeys(c for c in columns if c is not None and not schema[c].is_integer())
+    return [pl.col(c).cast(pl.String).str.strip_chars().alias(f"_trimmed:{c}") for c in texts]
 
 
 def _customer_exprs(column: str, dtype: pl.DataType) -> list[pl.Expr]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import reportgen
-from reportgen.pipeline import compute_rfm_stage
+from reportgen.rfm_stage import compute_rfm_stage
 
 # line 2..11 of the file; the expected verdicts are in the comments (duplicates: all / subset)
 ROWS = """customer,invoice,date,amount,country,sku

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import reportgen
-from reportgen import pipeline
-from reportgen.pipeline import compute_rfm_stage
+from reportgen import rfm_stage
+from reportgen.rfm_stage import compute_rfm_stage
 
 ROWS = """customer,invoice,date,amount
 C1,I1,2024-01-31,10.00
@@ -61,7 +61,7 @@ def test_large_inputs_computed_in_slices_give_the_same_tables(tmp_path, monkeypa
     config = reportgen.config_from_dict({"input": {"path": "t.csv", "columns": columns}},
                                         base_dir=tmp_path)  # fmt: skip
     whole = compute_rfm_stage(config)
-    monkeypatch.setattr(pipeline, "SLICE_GROUPS", 1)  # one group a slice: every id in its own
+    monkeypatch.setattr(rfm_stage, "SLICE_GROUPS", 1)  # one group a slice: every id in its own
     sliced = compute_rfm_stage(config)
     assert sliced.eda.monthly.equals(whole.eda.monthly)
     assert sliced.rfm.frame.equals(whole.rfm.frame)
@@ -71,7 +71,7 @@ def test_large_inputs_computed_in_slices_give_the_same_tables(tmp_path, monkeypa
 def test_sample_data_in_slices_gives_the_same_tables(monkeypatch, shipped_config_path):
     config = reportgen.load_config(shipped_config_path)
     whole = compute_rfm_stage(config)
-    monkeypatch.setattr(pipeline, "SLICE_GROUPS", 5_000)
+    monkeypatch.setattr(rfm_stage, "SLICE_GROUPS", 5_000)
     sliced = compute_rfm_stage(config)
     assert sliced.eda.monthly.equals(whole.eda.monthly)
     assert sliced.rfm.frame.equals(whole.rfm.frame)
