@@ -25,6 +25,7 @@ import yaml  # type: ignore[import-untyped]
 from altair.utils.schemapi import debug_mode
 
 from . import charts as ch
+from .algorithms import TITLES
 from .model import Report
 from .segment import FEATURE_COLUMNS, STABILITY_THRESHOLD, Segmentation, revenue_expr
 
@@ -234,6 +235,7 @@ class Segments:
     parts: tuple[SegmentPart, ...]
     sample_note: str
     revenue_at_stake_definition: str
+    clustered_by: str  # 'K-Means on their days since last order, orders and spend'
 
 
 @dataclass(frozen=True)
@@ -416,6 +418,7 @@ class Method:
     n_init: int
     seed: int
     definitions: tuple[tuple[str, str], ...]
+    algorithm_note: str  # the algorithm that made the segments, when not K-Means on the features
 
 
 @dataclass(frozen=True)
@@ -787,7 +790,17 @@ def _segments(
         parts=parts,
         sample_note=f"{sampled:,} of {seg.customers:,} customers drawn",
         revenue_at_stake_definition=seg.revenue_at_stake_definition,
+        clustered_by=_clustered_by(seg),
     )  # fmt: skip
+
+
+def _clustered_by(seg: Segmentation) -> str:
+    """What made the segments, for the section's first sentence."""
+    if seg.algorithm_note:  # another algorithm, or K-Means in another space: Method says more
+        return f"{TITLES[seg.algorithm]} clustering (the method section says how)"
+    features = [ch.FEATURE_TITLES.get(f, f).lower() for f in seg.transform.features]
+    listed = ", ".join(features[:-1]) + " and " + features[-1] if len(features) > 1 else features[0]
+    return f"K-Means on their {listed}"
 
 
 def _changes(changes: Any | None) -> Changes:
@@ -1006,7 +1019,7 @@ def _method(seg: Segmentation) -> Method:
         silhouette_sample_size=seg.silhouette_sample_size,
         features=tuple(ch.FEATURE_TITLES.get(f, f) for f in t.features), log1p=t.log1p,
         scaling=t.scaling, outliers=outliers, n_init=cfg.n_init, seed=seg.seed,
-        definitions=_definitions(seg),
+        definitions=_definitions(seg), algorithm_note=seg.algorithm_note,
     )  # fmt: skip
 
 
@@ -1022,7 +1035,7 @@ DEFINITIONS = {
         "value among the n scored customers; ties share a score."
     ),
     "Segments": (
-        "K-Means clusters of the transformed features, each named after the RFM grid segment "
+        "{algorithm} clusters of the transformed features, each named after the RFM grid segment "
         "whose customers lie closest to its centre."
     ),
     "Silhouette": (
@@ -1039,7 +1052,8 @@ DEFINITIONS = {
 
 
 def _definitions(seg: Segmentation) -> tuple[tuple[str, str], ...]:
-    return (*DEFINITIONS.items(), ("Revenue at stake", seg.revenue_at_stake_definition))
+    terms = {t: text.format(algorithm=TITLES[seg.algorithm]) for t, text in DEFINITIONS.items()}
+    return (*terms.items(), ("Revenue at stake", seg.revenue_at_stake_definition))
 
 
 # ---------------------------------------------------------------------------------------------

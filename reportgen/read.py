@@ -376,7 +376,8 @@ def _text(column: str | None, schema: pl.Schema) -> pl.Expr:
     if schema[column].is_integer():
         return pl.col(column).cast(pl.Int64)
     trimmed = pl.col(f"_trimmed:{column}")
-    return pl.when(trimmed != "").then(trimmed)  # not .replace: it holds the whole column (polars 2.1)
+    # not .replace: in polars 2.1 it holds the whole column
+    return pl.when(trimmed != "").then(trimmed)
 
 
 def _trimmed_texts(columns: tuple[str | None, ...], schema: pl.Schema) -> list[pl.Expr]:

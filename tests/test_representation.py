@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from html import unescape
 import math
+import re
 import shutil
 
 import numpy as np
@@ -18,9 +20,11 @@ import reportgen
 from reportgen import ConfigError, config_from_dict
 from reportgen.comparison import PROJECTION_POINTS, compare_segmentations, comparison_summary
 from reportgen.config import EmbeddingOptions, RfmSection
+from reportgen.context import build_context
 from reportgen.export import build_summary, dumps_json, write_exports
 from reportgen.grid import load_segment_map
-from reportgen.pipeline import compute_report, compute_rfm_stage
+from reportgen.pipeline import compute_report
+from reportgen.render import render_html
 from reportgen.representation import (
     BASKET,
     SHARE_PREFIX,
@@ -32,6 +36,7 @@ from reportgen.representation import (
     train_embedding,
 )
 from reportgen.rfm import RfmTable, finish_rfm
+from reportgen.rfm_stage import compute_rfm_stage
 from reportgen.sample import SampleSpec, write_sample
 from reportgen.segment import segment_customers
 
@@ -312,10 +317,35 @@ def test_hdbscan_exports_the_unclustered_group(synthetic, tmp_path):
     assert summary["segmentation"]["method"]["algorithm_name"] == "hdbscan"
 
 
-def test_gmm_exports_soft_membership(synthetic, tmp_path):
+@pytest.fixture(scope="module")
+def gmm_report(synthetic):
+    return compute_report(config_from_dict({**synthetic, "segmentation": {"algorithm": "gmm"}}))
+
+
+def test_report_names_the_algorithm_that_made_the_segments(gmm_report, synthetic):
+    """The segments section, the method and the definitions name the Gaussian mixture (they
+    said K-Means whatever clustered); a K-Means report names K-Means and its features."""
+    text = _visible_text(render_html(build_context(gmm_report)))
+    assert "found by Gaussian mixture clustering" in text
+    assert f"Segments: {gmm_report.segmentation.algorithm_note}" in text
+    assert "Gaussian mixture clusters of the transformed features" in text
+    assert "The evidence on k below comes from K-Means" in text
+    assert "found by K-Means" not in text and "K-Means clusters" not in text
+    kmeans = _visible_text(render_html(build_context(compute_report(config_from_dict(synthetic)))))
+    assert "found by K-Means on their days since last order, orders and spend;" in kmeans
+    assert "K-Means clusters of the transformed features" in kmeans
+    assert "Segments:" not in kmeans and "Gaussian" not in kmeans
+
+
+def _visible_text(html: str) -> str:
+    """The page's words with tags and line breaks gone (scripts and styles dropped)."""
+    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+def test_gmm_exports_soft_membership(gmm_report, tmp_path):
     """segments.csv and .parquet gain one membership column per segment; rows sum to 1."""
-    config = config_from_dict({**synthetic, "segmentation": {"algorithm": "gmm"}})
-    report = compute_report(config)
+    report = gmm_report
     write_exports(report, tmp_path)
     for table in (
         pl.read_csv(tmp_path / "segments.csv"),
