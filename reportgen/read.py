@@ -347,17 +347,21 @@ def _canonical(
     dec = cfg.csv.decimal
     # Text is parsed once, into columns: an expression used several times (the money rounding
     # reads an amount six times) would otherwise parse the text again at each use.
-    parsed = [
-        *_parsed_numbers(cols, schema, dec),
+    texts = [cols.order_id, cols.product_id, cols.currency, cols.amount, cols.quantity,
+             cols.unit_price, cols.order_date]  # fmt: skip
+    if not schema[cols.customer_id].is_numeric():
+        texts.append(cols.customer_id)
+    for step in (
+        _trimmed_texts(texts, schema),
+        _parsed_numbers(cols, schema, dec),
         *_parsed_dates(cols.order_date, schema, cfg.date_formats, tz),
-        *_trimmed_texts((cols.order_id, cols.product_id, cols.currency), schema),
-    ]
-    if parsed:
-        raw = raw.with_columns(parsed)
+    ):
+        if step:
+            raw = raw.with_columns(step)
     exprs = [
         pl.col(ROW),
         pl.col(FILE),
-        *_customer_exprs(cols.customer_id, schema[cols.customer_id]),
+        *_customer_exprs(cols.customer_id, schema[cols.customer_id], trimmed=True),
         _text(cols.order_id, schema).alias("order_id"),
         *_date_exprs(cols.order_date, schema[cols.order_date], cfg.date_formats, tz),
         *_amount_exprs(cols, schema, digits, dec),
@@ -380,19 +384,27 @@ def _text(column: str | None, schema: pl.Schema) -> pl.Expr:
     return pl.when(trimmed != "").then(trimmed)
 
 
-def _trimmed_texts(columns: tuple[str | None, ...], schema: pl.Schema) -> list[pl.Expr]:
-    """Text columns trimmed, as `_trimmed:NAME` (see _canonical: trimming 10M order ids twice
-    cost 0.1 s a pass)."""
-    texts = dict.fromkeys(c for c in columns if c is not None and not schema[c].is_integer())
-    return [pl.col(c).cast(pl.String).str.strip_chars().alias(f"_trimmed:{c}") for c in texts]
+def _trimmed_texts(columns: list[str | None], schema: pl.Schema) -> list[pl.Expr]:
+    """The mapped columns that are not numbers or dates, trimmed, as `_trimmed:NAME`: every
+    later use reads the column (an expression repeated in another is computed again)."""
+    texts = dict.fromkeys(
+        c for c in columns
+        if c is not None and not schema[c].is_numeric() and not schema[c].is_temporal()
+    )  # fmt: skip
+    return [_trimmed(c).alias(f"_trimmed:{c}") for c in texts]
 
 
-def _customer_exprs(column: str, dtype: pl.DataType) -> list[pl.Expr]:
+def _trimmed(column: str) -> pl.Expr:
+    return pl.col(column).cast(pl.String).str.strip_chars()
+
+
+def _customer_exprs(column: str, dtype: pl.DataType, trimmed: bool = False) -> list[pl.Expr]:
     """customer_id and the `_bad_id` flag.
 
     Numeric ids stay integers until the per-customer table (grouping 10M integers is far
     cheaper than 10M strings); floats must be whole and below 2^53, or digits were lost.
     Text ids keep leading zeros; '17850.0' (an id once stored as a float) is read as 17850.
+    `trimmed`: the frame has the text trimmed as `_trimmed:NAME` (see _canonical).
     """
     col = pl.col(column)
     if dtype.is_integer():
@@ -403,10 +415,14 @@ def _customer_exprs(column: str, dtype: pl.DataType) -> list[pl.Expr]:
             pl.when(exact).then(col).cast(pl.Int64).alias("customer_id"),
             (col.is_not_null() & ~exact).alias("_bad_id"),
         ]
-    text = col.cast(pl.String).str.strip_chars()
-    whole = text.str.replace(r"^(\d+)\.0+$", "$1")
-    text = pl.when(text.str.contains(".", literal=True)).then(whole).otherwise(text)
+    text = pl.col(f"_trimmed:{column}") if trimmed else _trimmed(column)
+    # the pattern runs only where there is a dot (elsewhere a null, which costs nothing)
+    whole = pl.when(text.str.contains(".", literal=True)).then(text).str.replace(_FLOAT_ID, "$1")
+    text = pl.coalesce(whole, text)
     return [pl.when(text != "").then(text).alias("customer_id"), pl.lit(False).alias("_bad_id")]
+
+
+_FLOAT_ID = r"^(\d+)\.0+$"  # '17850.0': an id once stored as a float
 
 
 def _date_exprs(column: str, dtype: pl.DataType, formats: list[str], tz: str) -> list[pl.Expr]:
@@ -427,14 +443,20 @@ def _date_exprs(column: str, dtype: pl.DataType, formats: list[str], tz: str) ->
     return [ts.alias("order_ts"), zoned.alias("_zoned"), bad.alias("_bad_date")]
 
 
-def _parsed_dates(column: str, schema: pl.Schema, formats: list[str], tz: str) -> list[pl.Expr]:
+def _parsed_dates(
+    column: str, schema: pl.Schema, formats: list[str], tz: str
+) -> list[list[pl.Expr]]:
     """A text date column parsed with each format, as `_date0`, `_date1`..., and `_date_given`
-    (it is not empty; see _canonical)."""
+    (it is not empty), in steps for `_canonical`: each format parses only the values that the
+    formats before it did not (a null costs nothing to parse; 10M rows: 1.8 -> 1.0 s)."""
     if schema[column] == pl.Date or isinstance(schema[column], pl.Datetime):
         return []
-    text = pl.col(column).cast(pl.String).str.strip_chars()
-    given = (text.is_not_null() & (text != "")).alias("_date_given")
-    return [given, *[_parse(text, f, tz).alias(f"_date{i}") for i, f in enumerate(formats)]]
+    text = pl.col(f"_trimmed:{column}")
+    steps = [[(text.is_not_null() & (text != "")).alias("_date_given")]]
+    for i, fmt in enumerate(formats):
+        steps.append([_parse(text, fmt, tz).alias(f"_date{i}")])
+        text = pl.when(pl.col(f"_date{i}").is_null()).then(text)
+    return steps
 
 
 def _parse(text: pl.Expr, fmt: str, tz: str) -> pl.Expr:
@@ -514,7 +536,7 @@ def _parsed_numbers(cols: ColumnMap, schema: pl.Schema, decimal: str) -> list[pl
     for column in (cols.amount, cols.quantity, cols.unit_price):
         if column is None or schema[column].is_numeric():
             continue
-        text = pl.col(column).cast(pl.String).str.strip_chars()
+        text = pl.col(f"_trimmed:{column}")
         if decimal == ",":  # thousands separators are not guessed: "1.234,5" is reported, not read
             text = text.str.replace(",", ".", literal=True)
         value = text.cast(pl.Float64, strict=False)
