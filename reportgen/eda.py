@@ -26,16 +26,15 @@ class Eda:
     monthly: pl.DataFrame  # month (date, 1st), revenue_minor, orders, customers, new_customers, returning_customers
 
 
-def eda_queries(orders: pl.LazyFrame, count_ids: bool) -> dict[str, pl.LazyFrame]:
+def eda_queries(orders: pl.LazyFrame, cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
     """Per month of the kept purchases: money, distinct orders, distinct customers.
 
     Read off `orders` (rfm.order_query, one row per customer and order), which holds the whole
     table only when no order has purchase lines in two months: the `_split_orders` column
-    counts those, and `build_eda` then recomputes the months from the lines. `count_ids`: an
-    order id may be shared by customers, so distinct ids are counted (see `_count_ids`).
+    counts those, and `build_eda` then recomputes the months from the lines.
     """
     purchased = orders.filter(pl.col("last_purchase").is_not_null())
-    return {"eda_months": _month_totals(purchased, _ORDER_MONTH, count_ids, _SPLIT)}
+    return {"eda_months": _month_totals(purchased, _ORDER_MONTH, cleaned, _SPLIT)}
 
 
 _ORDER_MONTH = pl.col("first_purchase").dt.month_start()
@@ -50,15 +49,15 @@ def month_totals(orders: pl.DataFrame, cleaned: Cleaned, slices: int = 1) -> pl.
     slice of customers and the distinct orders per slice of order ids: the slices share no
     customer (no order id), so their counts add up.
     """
-    ids = _count_ids(orders, cleaned)
-    query = eda_queries(orders.lazy(), ids)["eda_months"]
+    query = eda_queries(orders.lazy(), cleaned)["eda_months"]
     if slices <= 1:  # the in-memory engine: twice as fast as streaming on a frame in memory
         return query.collect(engine="in-memory")
+    ids = cleaned.transactions.has_order_id
     customers = _sum_of_slices(orders, "customer_id", slices, [
         pl.col("gross").sum().alias("revenue_minor"),
         pl.col("customer_id").n_unique().cast(COUNT).alias("customers"),
         _SPLIT,
-        *([] if ids else [pl.len().cast(COUNT).alias("orders")]),  # rows are distinct orders
+        *([] if ids else [pl.len().cast(COUNT).alias("orders")]),  # a customer's day
     ])  # fmt: skip
     if ids:
         distinct = [pl.col("order_id").n_unique().cast(COUNT).alias("orders")]
@@ -66,19 +65,6 @@ def month_totals(orders: pl.DataFrame, cleaned: Cleaned, slices: int = 1) -> pl.
                                    on="month")  # fmt: skip
     schema = query.collect_schema()
     return customers.select(schema.names()).cast(dict(schema))
-
-
-def _count_ids(orders: pl.DataFrame, cleaned: Cleaned) -> bool:
-    """Whether an order must be counted as a distinct order id rather than as a row of `orders`.
-
-    Rows of `orders` are distinct (customer, order) pairs, so they are distinct orders unless
-    customers share an order id. As many distinct hashes of the ids as rows proves they do not
-    (equal ids hash equal); counting rows then spares counting distinct text ids per month
-    (0.2-0.3 s on 3M orders). A shared id or a hash collision keeps the exact count.
-    """
-    if not cleaned.transactions.has_order_id:
-        return False
-    return orders["order_id"].hash(seed=0).n_unique() != orders.height
 
 
 def _sum_of_slices(
@@ -102,18 +88,17 @@ def months_from_lines(cleaned: Cleaned) -> pl.LazyFrame:
     per_order = purchases.group_by(
         month.alias("month"), "customer_id", within_customer(cleaned)
     ).agg(pl.col("amount_minor").sum().alias("gross"))
-    return _month_totals(per_order, pl.col("month"), cleaned.transactions.has_order_id)
+    return _month_totals(per_order, pl.col("month"), cleaned)
 
 
 def _month_totals(
-    orders: pl.LazyFrame, month: pl.Expr, count_ids: bool, *extra: pl.Expr
+    orders: pl.LazyFrame, month: pl.Expr, cleaned: Cleaned, *extra: pl.Expr
 ) -> pl.LazyFrame:
     """Money, distinct orders and distinct customers per month of one-row-per-order data.
 
-    An order id shared by customers is one order (`count_ids`); without ids an order is a
-    customer's day.
+    An order id shared by customers is one order; without ids an order is a customer's day.
     """
-    distinct = pl.col("order_id").n_unique() if count_ids else pl.len()
+    distinct = pl.col("order_id").n_unique() if cleaned.transactions.has_order_id else pl.len()
     return orders.group_by(month.alias("month")).agg(
         pl.col("gross").sum().alias("revenue_minor"),
         distinct.cast(COUNT).alias("orders"),

@@ -68,24 +68,6 @@ def test_large_inputs_computed_in_slices_give_the_same_tables(tmp_path, monkeypa
     assert whole.eda.monthly["orders"].to_list() == ([2, 2, 3] if order_ids else [2, 3, 4])
 
 
-def test_orders_with_ids_no_customer_shares_are_counted_per_month(tmp_path, monkeypatch):
-    """When no two customers share an order id (the ids' hashes prove it), the months count
-    the per-order rows instead of distinct ids: the same counts, whole and in slices."""
-    rows = SHARED_IDS.splitlines()
-    distinct = [rows[0]] + [
-        ",".join([c, f"{i}-{c}", d, a]) for c, i, d, a in (r.split(",") for r in rows[1:])
-    ]  # fmt: skip
-    (tmp_path / "t.csv").write_text("\n".join(distinct) + "\n", encoding="utf-8")
-    columns = {"customer_id": "customer", "order_id": "invoice", "order_date": "date",
-               "amount": "amount"}  # fmt: skip
-    config = reportgen.config_from_dict({"input": {"path": "t.csv", "columns": columns}},
-                                        base_dir=tmp_path)  # fmt: skip
-    whole = compute_rfm_stage(config)
-    assert whole.eda.monthly["orders"].to_list() == [2, 3, 4]  # I5-C4 is a negative line
-    monkeypatch.setattr(rfm_stage, "SLICE_GROUPS", 1)
-    assert compute_rfm_stage(config).eda.monthly.equals(whole.eda.monthly)
-
-
 def test_sample_data_in_slices_gives_the_same_tables(monkeypatch, shipped_config_path):
     config = reportgen.load_config(shipped_config_path)
     whole = compute_rfm_stage(config)
