@@ -42,7 +42,12 @@ _HOME = {
     "compute_rfm_stage": "rfm_stage",
 }
 
-__all__ = sorted(_HOME)
+__all__ = [  # the names of _HOME, written out so that linters and editors can read them
+    "CleaningAudit", "Config", "ConfigError", "InputDataError", "LockedError", "OutputError",
+    "Period", "Report", "ReportgenError", "RfmStage", "RfmTable", "RunResult", "SegmentMap",
+    "Transactions", "annotate", "compute_report", "compute_rfm_stage", "config_from_dict",
+    "load_config", "load_segment_map", "read_transactions", "request_period", "run",
+]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -40,6 +40,7 @@ from .rfm import RfmTable, finish_rfm, order_query, rfm_query
 Stage = Callable[[str], None]  # told the name of each step as it starts (the CLI's progress)
 _SHOWN_ROWS = 5
 
+
 @dataclass(frozen=True)
 class RfmStage:
     """What the transactions give: the period, the audit, the EDA tables and the RFM table."""
@@ -54,7 +55,6 @@ class RfmStage:
     purchases: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
     # representation.features: extended: basket sizes and spend shares per customer
     extras: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
-
 
 
 def compute_rfm_stage(
@@ -209,7 +209,6 @@ def _check_input(totals: dict, cleaned: Cleaned, config: Config) -> None:
 
 def _counted(number: int, noun: str) -> str:
     return f"{number:,} {noun}{'' if number == 1 else 's'}"
-
 
 
 def _raise_with_rows(cleaned: Cleaned, flag: str, message: str) -> None:
