@@ -643,7 +643,9 @@ def _final_note(result: Clustering, space: Space | None) -> str:
             f"{len(result.labels):,}."
         )
     )
-    return f"{DESCRIPTIONS[result.method]}, on {_space_words(space)}: {result.note}{extended}"
+    # the mixture's note says how k was chosen: the "k = ..." paragraph carries it (_final_choice)
+    how = "." if result.method == "gmm" else f": {result.note}"
+    return f"{DESCRIPTIONS[result.method]}, on {_space_words(space)}{how}{extended}"
 
 
 def _final_choice(result: Clustering, kmeans: KChoice, space: Space | None) -> KChoice:

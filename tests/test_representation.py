@@ -324,12 +324,14 @@ def gmm_report(synthetic):
 
 def test_report_names_the_algorithm_that_made_the_segments(gmm_report, synthetic):
     """The segments section, the method and the definitions name the Gaussian mixture (they
-    said K-Means whatever clustered); a K-Means report names K-Means and its features."""
+    said K-Means whatever clustered), and how k was chosen once; a K-Means report names K-Means
+    and its features."""
     text = _visible_text(render_html(build_context(gmm_report)))
     assert "found by Gaussian mixture clustering" in text
     assert f"Segments: {gmm_report.segmentation.algorithm_note}" in text
     assert "Gaussian mixture clusters of the transformed features" in text
     assert "The evidence on k below comes from K-Means" in text
+    assert text.count("has the lowest BIC of the Gaussian mixtures") == 1  # said once, at k
     assert "found by K-Means" not in text and "K-Means clusters" not in text
     kmeans = _visible_text(render_html(build_context(compute_report(config_from_dict(synthetic)))))
     assert "found by K-Means on their days since last order, orders and spend;" in kmeans
