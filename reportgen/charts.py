@@ -25,6 +25,7 @@ import altair as alt
 import numpy as np
 import polars as pl
 
+from .algorithms import UNCLUSTERED
 from .eda import Eda
 from .rfm import RfmTable
 from .segment import Segmentation, feature_matrix, find_knee
@@ -52,6 +53,7 @@ SEGMENT_COLORS = {
     "Can't Lose Them": "#9e2a2f",
     "Hibernating": "#8e7c9e",
     "Lost": "#98a0a8",
+    UNCLUSTERED: "#4a5561",  # density clustering's noise: a neutral slate, not an alarm colour
 }
 _OTHER_COLORS = ("#4e79a7", "#f28e2b", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
                  "#9c755f", "#e15759", "#bab0ac")  # fmt: skip

@@ -60,6 +60,13 @@ def test_segment_colors_are_fixed_for_grid_names_and_stable_for_others():
     assert re.fullmatch(r"#[0-9a-f]{6}", colors["VIP <b>"])
 
 
+def test_unclustered_customers_get_a_neutral_colour():
+    """Density clustering's noise group is grey, not whatever hue its name hashed to (red)."""
+    color = ch.segment_colors(["Unclustered"])["Unclustered"]
+    red, green, blue = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    assert max(red, green, blue) - min(red, green, blue) <= 0x20
+
+
 def test_histogram_rows_count_every_value_once_and_cap_the_top_percent():
     """Bins cover every value (the top 1% in the last bin) and their counts add up."""
     values = np.array([0.0] * 50 + list(range(1, 100)) + [10_000.0])
