@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import unicodedata
 import os
 import re
+import unicodedata
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +22,8 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    EmailStr,
     ConfigDict,
+    EmailStr,
     Field,
     PrivateAttr,
     ValidationError,
@@ -902,11 +902,11 @@ def _fairness_problems(config: Config) -> list[str]:
     cfg, known = config.fairness, config.input.attributes
     unknown = [a for a in cfg.attributes if a not in known]
     if unknown:
-        return [f"@fairness: attributes {unknown} are not in input.attributes {known}; add them "
-                "there (the audit reads the columns kept per customer)"]  # fmt: skip
+        return [(f"@fairness: attributes {unknown} are not in input.attributes {known}; add them "
+                 "there (the audit reads the columns kept per customer)")]  # fmt: skip
     if cfg.enabled and not known:
-        return ["@fairness: enabled, but input.attributes is empty: list the columns to audit "
-                "there (e.g. attributes: [Country])"]  # fmt: skip
+        return [("@fairness: enabled, but input.attributes is empty: list the columns to audit "
+                 "there (e.g. attributes: [Country])")]  # fmt: skip
     if isinstance(cfg.discount_segments, list):
         from .playbook import unknown_names, unknown_names_message
 
@@ -929,8 +929,8 @@ def _graph_problems(config: Config) -> list[str]:
     if not config.graph.enabled:
         return []
     if config.input.columns.product_id is None:
-        return ["@graph: enabled, but input.columns.product_id is not mapped: map the product "
-                "column (e.g. product_id: StockCode) or set graph.enabled: false"]  # fmt: skip
+        return [("@graph: enabled, but input.columns.product_id is not mapped: map the product "
+                 "column (e.g. product_id: StockCode) or set graph.enabled: false")]  # fmt: skip
     from .graph import missing_extra_message
 
     message = missing_extra_message()
@@ -1013,7 +1013,7 @@ _StrictLoader.yaml_implicit_resolvers = {
 
 def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], yaml.Node | None]:
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: safe_load's rules
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

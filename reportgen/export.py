@@ -15,13 +15,13 @@ from typing import Any
 
 import polars as pl
 
-from .model import Report
-from .rfm import RfmTable
-from .history import snapshot_of, write_snapshot
-from .segment import segment_columns, segmentation_summary
+from .comparison import comparison_summary
 from .fairness import fairness_frame, fairness_summary
 from .graph import communities_frame, graph_summary
-from .comparison import comparison_summary
+from .history import snapshot_of, write_snapshot
+from .model import Report
+from .rfm import RfmTable
+from .segment import segment_columns, segmentation_summary
 
 log = logging.getLogger(__name__)
 

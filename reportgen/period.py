@@ -44,7 +44,7 @@ def request_period(
 ) -> PeriodRequest:
     """Turn the configured `as_of` keyword into a date where the clock decides it."""
     asked = as_of_override if as_of_override is not None else cfg.as_of
-    today = (now or dt.datetime.now(dt.timezone.utc)).astimezone(zoneinfo.ZoneInfo(cfg.timezone))
+    today = (now or dt.datetime.now(dt.UTC)).astimezone(zoneinfo.ZoneInfo(cfg.timezone))
     return PeriodRequest(
         as_of=_as_of_date(asked, today.date()),
         window_days=cfg.window_days,

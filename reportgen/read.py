@@ -254,7 +254,8 @@ def _utf8_copies(cfg: InputSection, fmt: str, files: list[str]) -> tuple[list[st
 def _transcode_to_utf8(path: str, encoding: str) -> str:
     """Write a UTF-8 copy of a file in another encoding; an undecodable byte names its line."""
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    out = tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".csv", delete=False)
+    # closed by the `with` below; opened here so that its name outlives it
+    out = tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".csv", delete=False)  # noqa: SIM115
     with open(path, "rb") as source, out:
         try:
             for chunk in iter(lambda: source.read(1 << 20), b""):

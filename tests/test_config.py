@@ -271,8 +271,8 @@ def test_bad_slug_is_refused(tmp_path):
     path = write(tmp_path / "c.yaml", "input:\n  path: tx.csv\nreport:\n  slug: Bad Slug\n")
     lines, _ = load_problems(path)
     assert lines == [
-        f"{path}:4: report.slug: String should match pattern '^[a-z0-9][a-z0-9_-]*$'"
-        " (got 'Bad Slug')"
+        (f"{path}:4: report.slug: String should match pattern '^[a-z0-9][a-z0-9_-]*$'"
+         " (got 'Bad Slug')")
     ]
 
 
@@ -318,12 +318,12 @@ def expected_lines(path: Path) -> list[str]:
         f"{path}:5: report.colour: {UNKNOWN_KEY}",
         f"{path}:7: input.path: unknown sample data set 'sample:nope'; known: sample:online_retail",
         f"{path}:9: input.csv.encoding: unknown encoding 'klingon' (e.g. utf-8, latin-1, cp1252)",
-        f"{path}:14: period.window_days: Input should be a valid integer,"
-        " unable to parse string as an integer (got 'five')",
-        f"{path}:15: period.max_staleness_days: Input should be greater than or equal to 0"
-        " (got -1)",
-        f"{path}:16: period.timezone: unknown time zone 'Mars/Olympus'"
-        " (an IANA name, e.g. Europe/London)",
+        (f"{path}:14: period.window_days: Input should be a valid integer,"
+         " unable to parse string as an integer (got 'five')"),
+        (f"{path}:15: period.max_staleness_days: Input should be greater than or equal to 0"
+         " (got -1)"),
+        (f"{path}:16: period.timezone: unknown time zone 'Mars/Olympus'"
+         " (an IANA name, e.g. Europe/London)"),
         f"{path}:18: cleaning.returns: Input should be 'exclude' or 'net' (got 'sometimes')",
         f"{path}:19: outputs: {UNKNOWN_KEY}",
     ]
@@ -389,8 +389,8 @@ def test_quantity_without_unit_price_is_refused(tmp_path):
     )
     lines, summary = load_problems(path)
     assert lines == [
-        f"{path}:3: input.columns.unit_price: map `quantity` and `unit_price` together"
-        " (or only `amount`)"
+        (f"{path}:3: input.columns.unit_price: map `quantity` and `unit_price` together"
+         " (or only `amount`)")
     ]
     assert summary == f"1 problem in {path}{SUMMARY_TAIL}"
 
@@ -721,8 +721,8 @@ def test_incomplete_pattern_map_is_refused(tmp_path):
     line = yaml_keys(yaml.compose(path.read_text()))["rfm.segment_map"] + 1
     lines, _ = load_problems(path)
     assert lines == [
-        f"{path}:{line}: rfm.segment_map: segment map refused: 25 score codes have no segment"
-        " (e.g. 411, 412, 413, 414, 415, 421)"
+        (f"{path}:{line}: rfm.segment_map: segment map refused: 25 score codes have no segment"
+         " (e.g. 411, 412, 413, 414, 415, 421)")
     ]
 
 

@@ -58,10 +58,9 @@ def test_stale_temporaries_are_removed_under_the_lock(tmp_path):
 def test_a_second_lock_fails_at_once(tmp_path):
     """Two runs of one report: the second gets LockedError (exit 7)."""
     report_dir = prepare_report_dir(tmp_path, "report")
-    with report_lock(report_dir):
-        with pytest.raises(LockedError, match="another reportgen run") as info:
-            with report_lock(report_dir):
-                pass
+    refused = pytest.raises(LockedError, match="another reportgen run")
+    with report_lock(report_dir), refused as info, report_lock(report_dir):
+        pass
     assert info.value.exit_code == 7
     with report_lock(report_dir):  # released again
         pass

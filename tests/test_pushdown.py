@@ -26,8 +26,8 @@ from polars.testing import assert_frame_equal
 
 from reportgen.config import config_from_dict
 from reportgen.errors import ConfigError, InputDataError
-from reportgen.rfm_stage import RfmStage, compute_rfm_stage
 from reportgen.read import sample_data_path
+from reportgen.rfm_stage import RfmStage, compute_rfm_stage
 from reportgen.sample import SampleSpec, generate_transactions
 from reportgen.sql import (
     SqlSource,

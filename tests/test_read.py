@@ -17,7 +17,7 @@ import xlsxwriter
 
 import reportgen
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 RFM_COLUMNS = ["customer_id", "frequency", "monetary_minor", "first_order", "last_order",
                "recency_days", "tenure_days"]  # fmt: skip
 
@@ -179,7 +179,7 @@ def _parquet_frame() -> pl.DataFrame:
             "order_date": [
                 dt.datetime(2024, 3, 1, 9), dt.datetime(2024, 3, 10, 18),
                 dt.datetime(2024, 3, 5, 8), dt.datetime(2024, 3, 5, 8, 1),
-            ],  # fmt: skip
+            ],
             "amount": [10.0, 2.5, 0.1, 0.2],
         }
     )
@@ -257,7 +257,7 @@ def test_parquet_zoned_datetimes_are_converted_to_the_period_timezone(
 
     assert report.period.as_of == _d("2024-01-02")
     assert report.rfm.frame.select("customer_id", "first_order", "last_order",
-                                   "recency_days").rows() == [  # fmt: skip
+                                   "recency_days").rows() == [
         ("a", _d(a_day), _d(a_day), a_recency),
         ("b", _d("2024-01-02"), _d("2024-01-02"), 0),
     ]
@@ -490,7 +490,7 @@ def test_window_edge_day_is_inside(tmp_path: Path) -> None:
         # 00:30 UTC on 1 April is still 31 March in New York: last month end is 29 February
         ("last_month_end", dt.datetime(2024, 4, 1, 0, 30, tzinfo=UTC), "America/New_York",
          "2024-02-29"),
-    ],  # fmt: skip
+    ],
 )
 def test_clock_keywords_use_now_in_the_period_timezone(
     tmp_path: Path, asked: str, now: dt.datetime, timezone: str, as_of: str

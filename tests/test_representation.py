@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from html import unescape
 import math
 import re
 import shutil
+from html import unescape
 
 import numpy as np
 import polars as pl
@@ -341,7 +341,7 @@ def test_report_names_the_algorithm_that_made_the_segments(gmm_report, synthetic
 
 def _visible_text(html: str) -> str:
     """The page's words with tags and line breaks gone (scripts and styles dropped)."""
-    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.DOTALL)
     return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
 
 
