@@ -665,7 +665,8 @@ def choose_k(
         raise ValueError("no admissible k")
     window = [min_k <= k <= max_k for k in ks]
     knee = find_knee(
-        [k for k, w in zip(ks, window) if w], [i for i, w in zip(inertia, window) if w]
+        [k for k, w in zip(ks, window, strict=True) if w],
+        [i for i, w in zip(inertia, window, strict=True) if w],
     )
     best = {
         "knee": knee if knee is not None and admissible[list(ks).index(knee)] else None,

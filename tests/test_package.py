@@ -1,10 +1,12 @@
-"""The package's public names, imported from their modules on first use (reportgen/__init__.py)."""
+"""The package as a whole: its public names, imported from their modules on first use
+(reportgen/__init__.py), and the lint rules of pyproject.toml."""
 
 from __future__ import annotations
 
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +28,13 @@ def test_importing_the_package_loads_no_stage():
     code = "import sys, reportgen; print(sorted(m for m in sys.modules if m.startswith('reportgen.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_code_base_passes_the_lint_rules():
+    """`ruff check` with the rules that pyproject.toml selects (the version is pinned there)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "reportgen", "tests", "bench"],
+        cwd=root, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
