@@ -204,13 +204,13 @@ def _resolve(
     )
 
 
-def _kmeans(k: int, n_init: int, seed: int):
+def _kmeans(k: int, n_init: int, seed: int) -> Any:  # an unfitted KMeans
     from sklearn.cluster import KMeans
 
     return KMeans(n_clusters=k, n_init=n_init, random_state=seed, algorithm="lloyd")
 
 
-def _gmm(k: int, covariance: str, n_init: int, seed: int):
+def _gmm(k: int, covariance: str, n_init: int, seed: int) -> Any:  # a GaussianMixture
     from sklearn.mixture import GaussianMixture
 
     return GaussianMixture(
@@ -392,7 +392,7 @@ def _extend_hdbscan(
 # Labels
 
 
-def _one_thread():
+def _one_thread() -> Any:  # a context manager
     """BLAS/OpenMP on one thread (as segment.py): same numbers everywhere, and no threads
     spinning against a busy machine (a Gaussian mixture ran 10x slower without it)."""
     import sklearn.cluster  # noqa: F401  (load the native pools first: only loaded ones are pinned)

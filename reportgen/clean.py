@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
+from typing import cast
 
 import polars as pl
 
@@ -184,8 +185,8 @@ def _first_pass(
     if compared is None:
         if not latest:
             return _NO_KEYS, None, None
-        day = frame.select(pl.col("order_date").filter(survivor).max(), pl.len()).collect()
-        return _NO_KEYS, day.item(0, 0), day.item(0, 1)
+        found = frame.select(pl.col("order_date").filter(survivor).max(), pl.len()).collect()
+        return _NO_KEYS, found.item(0, 0), found.item(0, 1)
     columns = [_row_hash(compared).alias("_hash"), _row_key().alias("_key")]
     if latest:  # a column, not its max, so that one select reads the rows once
         columns.append(pl.when(survivor).then(pl.col("order_date")).alias("_day"))
@@ -193,8 +194,8 @@ def _first_pass(
     hashes = read["_hash"].sort()
     repeated = hashes.filter(hashes == hashes.shift(1)).unique()
     candidates = read.filter(pl.col("_hash").is_in(repeated.implode()))["_key"]
-    day = read["_day"].max() if latest else None
-    return candidates, day, read.height  # type: ignore[return-value]
+    day = cast("dt.date | None", read["_day"].max()) if latest else None
+    return candidates, day, read.height
 
 
 def _row_key() -> pl.Expr:
@@ -225,11 +226,12 @@ def _rule(name: str) -> pl.Expr:
 
 def _period_reason(window_days: int | None) -> pl.Expr:
     date, as_of = pl.col("order_date"), pl.col(AS_OF)
-    reason = pl.when(date > as_of).then(_rule("after_as_of"))
-    if window_days is not None:
-        start = as_of - pl.duration(days=window_days - 1)
-        reason = reason.when(date < start).then(_rule("before_window"))
-    return reason.otherwise(pl.lit(None, dtype=REASON_DTYPE))
+    late = pl.when(date > as_of).then(_rule("after_as_of"))
+    if window_days is None:
+        return late.otherwise(pl.lit(None, dtype=REASON_DTYPE))
+    start = as_of - pl.duration(days=window_days - 1)
+    early = late.when(date < start).then(_rule("before_window"))
+    return early.otherwise(pl.lit(None, dtype=REASON_DTYPE))
 
 
 def line_groups(cleaned: Cleaned) -> pl.LazyFrame:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime as dt
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import click
 
@@ -31,21 +32,21 @@ def cli() -> None:
     """Customer segmentation reports from a transaction log."""
 
 
-def _config_option(function):  # type: ignore[no-untyped-def]
+def _config_option(function: Callable[..., None]) -> Callable[..., None]:
     return click.option(
         "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path),
         default=Path("config.yaml"), show_default=True, help="The YAML configuration file.",
     )(function)  # fmt: skip
 
 
-def _verbosity(function):  # type: ignore[no-untyped-def]
+def _verbosity(function: Callable[..., None]) -> Callable[..., None]:
     function = click.option("-v", "--verbose", count=True, help="More log detail (-vv: debug).")(
         function
     )
     return click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")(function)
 
 
-def _parse_as_of(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
+def _parse_as_of(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | dt.date | None:
     from .config import parse_as_of
 
     if value is None:
@@ -68,7 +69,7 @@ def _parse_as_of(_ctx: click.Context, _param: click.Parameter, value: str | None
 @click.option("--force", is_flag=True,
               help="With --send: send even if this run's email was sent before (sent.json).")
 @_verbosity
-def run(config_path: Path, as_of: object, output: Path | None, send: bool, dry_run: bool,
+def run(config_path: Path, as_of: str | dt.date | None, output: Path | None, send: bool, dry_run: bool,
         force: bool, verbose: int, quiet: bool) -> None:  # fmt: skip
     """Compute the report and write its run folder; --send emails it.
 
@@ -162,7 +163,7 @@ def init(path: Path, force: bool) -> None:
               help="Share of the churned customers moved into the 65+ age band: a planted "
                    "bias (implies --demographics).")  # fmt: skip
 @_verbosity
-def sample(rows: int, customers: int, seed: int, fmt: str | None, output: Path, demographics: bool,
+def sample(rows: int, customers: int, seed: int, fmt: Literal["csv", "parquet"] | None, output: Path, demographics: bool,
            bias: float, verbose: int, quiet: bool) -> None:  # fmt: skip
     """Write synthetic transactions (UCI Online Retail columns) with planted customer types."""
     from .sample import SampleSpec, write_sample
@@ -241,7 +242,7 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 
 @contextlib.contextmanager
-def _progress() -> Iterator[object]:
+def _progress() -> Iterator[Callable[[str], None]]:
     """A progress display of the stages on a terminal; plain log lines otherwise."""
     if not sys.stderr.isatty():
         yield lambda text: log.info("%s", text)

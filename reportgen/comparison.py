@@ -187,7 +187,10 @@ class _Setting:
     k: int  # the K-Means rule's k
 
 
-def _compare(rfm, seg, config, representation, methods) -> Comparison:
+def _compare(
+    rfm: RfmTable, seg: Segmentation, config: Config, representation: Representation | None,
+    methods: list[str],
+) -> Comparison:
     cfg, scored = config.segmentation, rfm.scored
     shared = seg.transform.apply(feature_matrix(scored, seg.transform.features, rfm.minor_digits))
     space = representation.clustered if representation is not None else None

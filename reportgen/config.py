@@ -31,6 +31,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from .errors import ConfigError
 
@@ -1051,7 +1052,7 @@ def _interpolate(value: Any, where: tuple, problems: list[_Problem]) -> Any:
     return _ENV_PATTERN.sub(expand, value)
 
 
-def _problem_of(err: dict[str, Any]) -> _Problem:
+def _problem_of(err: ErrorDetails) -> _Problem:
     loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
     message = err["msg"].removeprefix("Value error, ")
     named = _KEY_PREFIX.match(message)
@@ -1060,7 +1061,7 @@ def _problem_of(err: dict[str, Any]) -> _Problem:
     return _Problem(loc, _plain_message(err, message))
 
 
-def _plain_message(err: dict[str, Any], message: str) -> str:
+def _plain_message(err: ErrorDetails, message: str) -> str:
     kind, given = err["type"], err.get("input")
     if kind == "extra_forbidden":
         return "unknown key (check the spelling; `reportgen schema` lists every key)"

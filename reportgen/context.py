@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml  # type: ignore[import-untyped]
+import yaml
 from altair.utils.schemapi import debug_mode
 
 from . import charts as ch

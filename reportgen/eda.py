@@ -64,7 +64,7 @@ def month_totals(orders: pl.DataFrame, cleaned: Cleaned, slices: int = 1) -> pl.
         customers = customers.join(_sum_of_slices(orders, "order_id", slices, distinct),
                                    on="month")  # fmt: skip
     schema = query.collect_schema()
-    return customers.select(schema.names()).cast(dict(schema))
+    return customers.select(schema.names()).cast(schema)
 
 
 def _sum_of_slices(

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -231,10 +231,10 @@ def _rfm_part(rfm: RfmTable) -> dict[str, Any]:
 
 
 def _share(mask: pl.Series) -> float | None:
-    return float(mask.mean()) if len(mask) else None
+    return cast(float, mask.mean()) if len(mask) else None
 
 
-def _distribution(values: pl.Series) -> dict[str, float | None]:
+def _distribution(values: pl.Series) -> dict[str, Any]:  # numbers, None for no values
     if values.is_empty():
         return {}
     q = {f"p{p}": values.quantile(p / 100, interpolation="linear") for p in (5, 25, 50, 75, 95)}

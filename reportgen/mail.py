@@ -504,7 +504,7 @@ def write_eml(message: EmailMessage, path: Path) -> Path:
 def read_eml(path: Path) -> EmailMessage:
     """Parse an .eml file back into a message."""
     with open(path, "rb") as handle:
-        return BytesParser(policy=policy.default).parse(handle)  # type: ignore[return-value]
+        return BytesParser(policy=policy.default).parse(handle)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from weasyprint.urls import URLFetcher, URLFetcherResponse  # type: ignore[import-untyped]
+from weasyprint.urls import URLFetcher, URLFetcherResponse
 
 from . import charts as ch
 from .context import ReportContext
@@ -77,7 +78,7 @@ def chart_images(ctx: ReportContext) -> dict[str, tuple[bytes, str]]:
 def _convert(ctx: ReportContext, spec: dict, fmt: str) -> bytes:
     import vl_convert
 
-    options = {
+    options: dict[str, Any] = {
         "vl_version": vl_version(),
         "allowed_base_urls": [],
         "format_locale": d3_format_locale(ctx.locale, ctx.currency),
@@ -115,7 +116,7 @@ def render_pdf_html(
 
 def html_to_pdf(html: str, assets: Mapping[str, tuple[bytes, str]], path: Path) -> SafeFetcher:
     """Lay out `html` with WeasyPrint into `path`; only `assets` and data: URIs load."""
-    from weasyprint import HTML  # type: ignore[import-untyped]
+    from weasyprint import HTML
 
     fetcher = SafeFetcher(assets)
     HTML(string=html, base_url=None, url_fetcher=fetcher).write_pdf(path)

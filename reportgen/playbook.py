@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import polars as pl
 
@@ -348,7 +348,7 @@ def _median_spend(name: str, customers: pl.DataFrame, grid: pl.DataFrame) -> tup
     ):
         values = frame.filter(pl.col(column) == name)["revenue_minor"]
         if values.len():
-            return _round_half_even(float(values.median())), source
+            return _round_half_even(cast(float, values.median())), source
     return None, ""
 
 

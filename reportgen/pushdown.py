@@ -18,11 +18,13 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 from urllib.parse import urlsplit
 
 import polars as pl
+from polars.datatypes import DataTypeClass
 
 from .clean import AS_OF, REASON, Cleaned
 from .config import Config, DatabaseInput, InputSection, SparkInput
@@ -173,8 +175,9 @@ def _totals(scan: pl.DataFrame, rules: pl.DataFrame, as_of: dt.date | None) -> p
     kept_dates = rules.filter(pl.col("reason").is_null() | (pl.col("reason") == "before_window"))[
         "max_date"
     ]
-    currencies = sorted({row.get("currency_min"), row.get("currency_max")} - {None})
-    values = {
+    bounds = (row.get("currency_min"), row.get("currency_max"))  # with a currency column
+    currencies = sorted({c for c in bounds if c is not None})
+    values: dict[str, tuple[Any, pl.DataType | DataTypeClass]] = {
         "rows": (row["n_rows"], _COUNT),
         "revenue": (row["revenue"] or 0, pl.Int64),
         "first_date": (row["first_date"], pl.Date),
@@ -192,13 +195,14 @@ def _totals(scan: pl.DataFrame, rules: pl.DataFrame, as_of: dt.date | None) -> p
         "currencies": (currencies, pl.List(pl.String)),
     }
     return pl.DataFrame(
-        {k: [v] for k, (v, _) in values.items()}, schema={k: t for k, (_, t) in values.items()}
+        {k: [v] for k, (v, _) in values.items()},
+        schema={k: dtype for k, (_, dtype) in values.items()},
     )
 
 
 def _no_examples() -> pl.DataFrame:
     """Example rows need row-level queries, which pushdown avoids: the audit lists none."""
-    schema = {
+    schema: dict[str, pl.DataType | DataTypeClass] = {
         REASON: pl.String, FILE: pl.UInt32, ROW: pl.UInt32, "customer_id": pl.String,
         "order_id": pl.String, "order_ts": pl.Datetime("us"), "amount_minor": pl.Int64,
     }  # fmt: skip
@@ -335,14 +339,17 @@ def open_engine(cfg: InputSection, timezone: str) -> Engine:
 
 
 def _relation(table: str | None, query: str | None) -> str:
-    return table if table else f"({query.strip().rstrip(';')})"
+    if table:
+        return table
+    assert query, "the config requires a table or a query"
+    return f"({query.strip().rstrip(';')})"
 
 
 def _describe(location: str, table: str | None) -> str:
     return f"{location} ({'table ' + table if table else 'query'})"
 
 
-def _timed(name: str, run) -> pl.DataFrame:
+def _timed(name: str, run: Callable[[], pl.DataFrame]) -> pl.DataFrame:
     started = time.perf_counter()
     frame = run()
     log.info(
@@ -471,7 +478,7 @@ class _DuckDB:
 
     def fetch(self, sql: str, name: str = "schema") -> pl.DataFrame:
         try:
-            return _timed(name, lambda: pl.from_arrow(self._conn.sql(sql).to_arrow_table()))
+            return _timed(name, lambda: _arrow_frame(self._conn.sql(sql).to_arrow_table()))
         except self._error as exc:
             raise InputDataError(
                 f"{self.location}: the {name} query failed: {_first_line(exc)}"
@@ -517,10 +524,8 @@ class _Spark:
         self._saved = {k: self._session.conf.get(k, None) for k in conf}
         for key, value in conf.items():
             self._session.conf.set(key, value)
-        where = cfg.table or cfg.parquet
-        self.location = (
-            f"spark {cfg.master} ({'table ' + cfg.table if cfg.table else 'parquet ' + where})"
-        )
+        where = f"table {cfg.table}" if cfg.table else f"parquet {cfg.parquet}"
+        self.location = f"spark {cfg.master} ({where})"
         self.relation = cfg.table or self._VIEW
         if cfg.parquet:
             try:
@@ -576,5 +581,10 @@ def _local_partitions(cfg: SparkInput, session: Any) -> dict[str, str]:
 
 def _spark_frame(df: Any) -> pl.DataFrame:
     if hasattr(df, "toArrow"):  # pyspark 4
-        return pl.from_arrow(df.toArrow())
+        return _arrow_frame(df.toArrow())
     return pl.from_pandas(df.toPandas())  # pyspark 3.5: Arrow-backed when enabled
+
+
+def _arrow_frame(table: Any) -> pl.DataFrame:
+    """A polars frame from an Arrow table (`from_arrow` gives a Series only for an array)."""
+    return cast(pl.DataFrame, pl.from_arrow(table))

@@ -113,6 +113,7 @@ def sample_data_path(name: str) -> Path:
 
 def _locate(cfg: InputSection) -> tuple[str, str, list[str]]:
     path = cfg.path
+    assert path is not None, "a file source: the config requires input.path"
     if path.startswith(SAMPLE_PREFIX):
         file = sample_data_path(path[len(SAMPLE_PREFIX) :])
         return path, "parquet", [str(file)]
@@ -156,8 +157,8 @@ def _check_readable(path: str) -> None:
 
 def _format_of(path: str, files: list[str]) -> str:
     suffixes = {Path(f).suffix.lower() for f in files}
-    formats = {_SUFFIX_FORMATS.get(s) for s in suffixes}
-    if len(formats) == 1 and None not in formats:
+    formats = {_SUFFIX_FORMATS.get(s, "") for s in suffixes}  # "": an unknown suffix
+    if len(formats) == 1 and "" not in formats:
         return formats.pop()
     known = ", ".join(sorted(_SUFFIX_FORMATS))
     raise InputDataError(
@@ -430,9 +431,9 @@ def _date_exprs(column: str, dtype: pl.DataType, formats: list[str], tz: str) ->
     """order_ts as naive local time in `tz`, plus flags: zoned source value, unparseable text."""
     col = pl.col(column)
     if isinstance(dtype, pl.Datetime):
-        zoned = dtype.time_zone is not None
-        ts = col.dt.convert_time_zone(tz).dt.replace_time_zone(None) if zoned else col
-        flags = [pl.lit(zoned).alias("_zoned"), pl.lit(False).alias("_bad_date")]
+        is_zoned = dtype.time_zone is not None
+        ts = col.dt.convert_time_zone(tz).dt.replace_time_zone(None) if is_zoned else col
+        flags = [pl.lit(is_zoned).alias("_zoned"), pl.lit(False).alias("_bad_date")]
         return [ts.cast(pl.Datetime("us")).alias("order_ts"), *flags]
     if dtype == pl.Date:
         ts = col.cast(pl.Datetime("us"))
@@ -481,6 +482,7 @@ def _amount_exprs(cols: ColumnMap, schema: pl.Schema, digits: int, decimal: str)
         scaled = (amount * 10**_PRICE_SCALE).round(0)
         minor = _round_half_even_whole_float(scaled, _PRICE_SCALE - digits)
     else:
+        assert cols.quantity and cols.unit_price, "ColumnMap requires both without an amount"
         quantity, bad_q = _number(cols.quantity, schema, decimal)
         unit_price, bad_p = _number(cols.unit_price, schema, decimal)
         amount, bad = quantity * unit_price, bad_q | bad_p

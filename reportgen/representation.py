@@ -28,6 +28,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -309,7 +310,7 @@ def train_embedding(space: Space, opts: EmbeddingOptions, seed: int) -> Embeddin
     )
 
 
-def encode(net, coords: np.ndarray) -> np.ndarray:
+def encode(net: Any, coords: np.ndarray) -> np.ndarray:  # net: a fitted MLPRegressor
     """The bottleneck activations of a fitted (hidden, bottleneck, hidden) MLPRegressor."""
     values = coords
     for weights, bias in zip(net.coefs_[:2], net.intercepts_[:2], strict=True):

@@ -34,7 +34,7 @@ class RfmTable:
     """One row per customer in the period, sorted by customer_id."""
 
     frame: pl.DataFrame
-    as_of: dt.date
+    as_of: dt.date | None  # None only for an empty table, which the RFM stage refuses
     window_start: dt.date | None
     minor_digits: int
     monetary_definition: str

@@ -28,9 +28,9 @@ import datetime as dt
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
@@ -46,6 +46,10 @@ from .playbook import (
     resolve_playbook,
 )
 from .rfm import RfmTable
+
+if TYPE_CHECKING:
+    from .algorithms import FinalAssignment
+    from .representation import Space
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +340,10 @@ def _segment(
     )
 
 
-def _other_algorithm(cfg, coords, space, choice, seed, names):
+def _other_algorithm(
+    cfg: SegmentationSection, coords: np.ndarray, space: Space | None, choice: KChoice, seed: int,
+    names: int,
+) -> FinalAssignment | None:
     """The chosen algorithm's assignment (algorithms.py); None for K-Means on the features."""
     if cfg.algorithm == "kmeans" and space is None:
         return None
@@ -499,7 +506,7 @@ def _subsample(rng: np.random.Generator, idx: np.ndarray, size: int) -> np.ndarr
     return np.sort(rng.choice(idx, size=size, replace=False))
 
 
-def _kmeans(k: int, cfg: SegmentationSection, seed: int):
+def _kmeans(k: int, cfg: SegmentationSection, seed: int) -> Any:  # an unfitted KMeans
     from sklearn.cluster import KMeans
 
     return KMeans(n_clusters=k, n_init=cfg.n_init, random_state=seed, algorithm="lloyd")
@@ -536,7 +543,9 @@ def sweep(
     return evidence
 
 
-def _safe_scores(sample, labels, *scores) -> list[float]:
+def _safe_scores(
+    sample: np.ndarray, labels: np.ndarray, *scores: Callable[[np.ndarray, np.ndarray], float]
+) -> list[float]:
     if len(np.unique(labels)) < 2:
         return [math.nan] * len(scores)
     return [float(score(sample, labels)) for score in scores]
@@ -678,22 +687,25 @@ def choose_k(
     if rule == "knee":
         k, reason = _knee_reason(knee, best, values, min_k, max_k)
     else:
-        k = best[rule]
-        if k is None:  # every admissible value was NaN (cannot happen with fitted k-means)
+        best_for_rule = best[rule]
+        if best_for_rule is None:  # every admissible value was NaN (not with fitted k-means)
             raise ValueError(f"no admissible k has a finite {rule}")
-        reason = (
-            f"k={k} has {_CRITERION_WORDS[rule]} among the admissible k ({_ks(admissible, ks)})"
+        k, reason = best_for_rule, (
+            f"k={best_for_rule} has {_CRITERION_WORDS[rule]} among the admissible k "
+            f"({_ks(admissible, ks)})"
         )
     return KChoice(k, rule, reason + ".", best, _disagreement(best, rule, k))
 
 
 def _knee_reason(
-    knee: int | None, best: dict, silhouette: dict[int, float], min_k: int, max_k: int
+    knee: int | None, best: dict[str, int | None], silhouette: dict[int, float], min_k: int,
+    max_k: int,
 ) -> tuple[int, str]:
     window = f"k={min_k}..{max_k}"
-    if best["knee"] is not None:
-        return knee, (
-            f"k={knee} is the knee of the inertia curve over {window}: beyond it, more segments "
+    admissible_knee = best["knee"]  # the knee, when it is admissible
+    if admissible_knee is not None:
+        return admissible_knee, (
+            f"k={admissible_knee} is the knee of the inertia curve over {window}: beyond it, more segments "
             "reduce the within-segment spread much less"
         )
     k = best["silhouette"]
@@ -1036,7 +1048,10 @@ def _profile_frame(rfm: RfmTable, assignments: pl.DataFrame) -> pl.DataFrame:
     ).hstack(assignments.select("label", "segment", "outlier", "distance").get_columns())
 
 
-def _profiles(frame, names, cfg, centroids, transform, sil_frame, rfm) -> list[SegmentProfile]:
+def _profiles(
+    frame: pl.DataFrame, names: tuple[str, ...], cfg: SegmentationSection, centroids: np.ndarray,
+    transform: Transform, sil_frame: pl.DataFrame, rfm: RfmTable,
+) -> list[SegmentProfile]:
     """Per-segment figures: integer sums in polars (exact), float statistics in numpy.
 
     numpy sums in a fixed order, so means repeat to the last digit; a polars group-by mean of
@@ -1085,7 +1100,10 @@ def _feature_stats(row: dict, feature: str, digits: int) -> FeatureStats:
     return FeatureStats(mean / divisor, median / divisor)
 
 
-def _profile(row, names, shown, total, revenue, centroids, original, sil, digits) -> SegmentProfile:
+def _profile(
+    row: dict[str, Any], names: tuple[str, ...], shown: list[str], total: int, revenue: int,
+    centroids: np.ndarray, original: np.ndarray, sil: dict[int, float], digits: int,
+) -> SegmentProfile:
     label = row["label"]
     gross = row["gross_minor"]
     return SegmentProfile(
@@ -1148,7 +1166,7 @@ def sufficiency_warnings(rfm: RfmTable, profiles: Sequence[SegmentProfile]) -> l
                 ),
             )
         )
-    history = int(rfm.frame["tenure_days"].max() or 0) if rfm.frame.height else 0
+    history = cast("int | None", rfm.frame["tenure_days"].max()) or 0  # None: no customers
     if history < MIN_HISTORY_DAYS:
         notes.append(
             Notice(
@@ -1160,7 +1178,7 @@ def sufficiency_warnings(rfm: RfmTable, profiles: Sequence[SegmentProfile]) -> l
                 ),
             )
         )
-    repeat = float((scored["frequency"] > 1).mean()) if n else 0.0
+    repeat = cast(float, (scored["frequency"] > 1).mean()) if n else 0.0
     if repeat < MIN_REPEAT_SHARE:
         notes.append(
             Notice(
@@ -1273,7 +1291,7 @@ def segmentation_summary(seg: Segmentation) -> dict[str, Any]:
     return _clean(summary)
 
 
-def _money_fn(digits: int):
+def _money_fn(digits: int) -> Callable[[int], float]:
     return lambda minor: minor / 10**digits
 
 
@@ -1339,7 +1357,9 @@ def _k_part(seg: Segmentation) -> dict[str, Any]:
     }
 
 
-def _profile_part(p: SegmentProfile, money, features: tuple[str, ...]) -> dict[str, Any]:
+def _profile_part(
+    p: SegmentProfile, money: Callable[[int], float], features: tuple[str, ...]
+) -> dict[str, Any]:
     return {
         "label": p.label,
         "segment": p.name,
@@ -1359,7 +1379,7 @@ def _profile_part(p: SegmentProfile, money, features: tuple[str, ...]) -> dict[s
     }
 
 
-def _action_part(a: Action, money) -> dict[str, Any]:
+def _action_part(a: Action, money: Callable[[int], float]) -> dict[str, Any]:
     play = a.play
     return {
         "label": a.label,

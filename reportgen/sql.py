@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
@@ -98,7 +99,9 @@ def check_source(src: SqlSource) -> None:
         _check_kind(src, cols.order_id, "order_id", _is_key)
 
 
-def _check_kind(src: SqlSource, name: str, key: str, accepted) -> None:
+def _check_kind(
+    src: SqlSource, name: str, key: str, accepted: Callable[[pl.DataType], bool]
+) -> None:
     if not accepted(src.schema[name]):
         raise InputDataError(
             f"{src.location}: column {name!r} (input.columns.{key}) has type {src.schema[name]}, "
@@ -382,15 +385,18 @@ def _is_return(src: SqlSource) -> str:
 
 def _uses_prefix(src: SqlSource) -> bool:
     # Integer order ids stay integers in read.py: they cannot carry a prefix.
-    dtype = src.schema[src.columns.order_id] if src.has_order_id else None
-    return bool(dtype is not None and src.cleaning.cancellation_prefix and not dtype.is_integer())
+    order_id = src.columns.order_id
+    if order_id is None or not src.cleaning.cancellation_prefix:
+        return False
+    return not src.schema[order_id].is_integer()
 
 
 def _prefixed(src: SqlSource) -> str:
-    if not _uses_prefix(src):
+    order_id = src.columns.order_id
+    if order_id is None or not _uses_prefix(src):
         return "0"
-    prefix, dtype = src.cleaning.cancellation_prefix, src.schema[src.columns.order_id]
-    order = _text_key(_q(src.columns.order_id), dtype)
+    prefix, dtype = src.cleaning.cancellation_prefix, src.schema[order_id]
+    order = _text_key(_q(order_id), dtype)
     if dtype != pl.String:
         order = f"CAST({order} AS VARCHAR(64))"
     return f"CASE WHEN SUBSTR({order}, 1, {len(prefix)}) = '{prefix}' THEN 1 ELSE 0 END"
@@ -437,6 +443,7 @@ def _exact_amount(src: SqlSource) -> str:
     cols, schema = src.columns, src.schema
     if cols.amount is not None:
         return _fixed(_q(cols.amount), schema[cols.amount], PRICE_SCALE)
+    assert cols.quantity and cols.unit_price, "ColumnMap requires both without an amount"
     quantity = _fixed(_q(cols.quantity), schema[cols.quantity], QUANTITY_SCALE)
     price = _fixed(_q(cols.unit_price), schema[cols.unit_price], PRICE_SCALE)
     return f"({quantity}) * ({price})"
@@ -463,6 +470,7 @@ def _not_positive(src: SqlSource) -> str:
     if cols.amount is not None:
         test = f"{_q(cols.amount)} <= 0"
     else:
+        assert cols.quantity and cols.unit_price, "ColumnMap requires both without an amount"
         test = f"{_q(cols.quantity)} <= 0 OR {_q(cols.unit_price)} <= 0"
     return f"CASE WHEN {test} THEN 1 ELSE 0 END"
 

@@ -1,5 +1,5 @@
 """The package as a whole: its public names, imported from their modules on first use
-(reportgen/__init__.py), and the lint rules of pyproject.toml."""
+(reportgen/__init__.py), and the lint rules and type check of pyproject.toml."""
 
 from __future__ import annotations
 
@@ -37,4 +37,11 @@ def test_the_code_base_passes_the_lint_rules():
         [sys.executable, "-m", "ruff", "check", "--no-cache", "reportgen", "tests", "bench"],
         cwd=root, capture_output=True, text=True,
     )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_package_passes_the_type_check():
+    """mypy with pyproject.toml's settings (every function typed; the version is pinned there)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "mypy"], cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
