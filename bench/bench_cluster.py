@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| customers | k | auto k, s | k fixed (final fit, profiles), s | choosing k, s |")
     print("|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['customers']:,} | {r['k']} | {r['auto_s']} | {r['fixed_k_s']} | {r['choosing_k_s']} |")
+        print(
+            f"| {r['customers']:,} | {r['k']} | {r['auto_s']} | {r['fixed_k_s']} | {r['choosing_k_s']} |"
+        )
     return 0
 
 

@@ -48,7 +48,10 @@ def main(source: str, ours: str) -> int:
         problems.append(f"customer sets differ ({len(expected)} vs {len(got)})")
     else:
         for index, column in enumerate(("recency", "frequency", "monetary"), start=1):
-            differ = sum(abs(float(e[index]) - float(g[index])) > 1e-9 for e, g in zip(expected, got, strict=True))
+            differ = sum(
+                abs(float(e[index]) - float(g[index])) > 1e-9
+                for e, g in zip(expected, got, strict=True)
+            )
             if differ:
                 problems.append(f"{column}: {differ} customers differ")
     print(f"{ours}: " + ("; ".join(problems) or f"OK, {len(got)} customers identical"))

@@ -195,7 +195,9 @@ def _scaling_table() -> str:
     cell = {(r["engine"], r["size"]): f"{r['wall_s']:.1f} s / {r['rss_mb']:,} MB" for r in rows}
     lines = ["How cost grows (Parquet; wall time / peak RSS)\n",
              "| engine | " + " | ".join(sizes) + " |", "|---|" + "---:|" * len(sizes)]  # fmt: skip
-    lines += [f"| {e} | " + " | ".join(cell.get((e, s), "-") for s in sizes) + " |" for e in engines]
+    lines += [
+        f"| {e} | " + " | ".join(cell.get((e, s), "-") for s in sizes) + " |" for e in engines
+    ]
     return "\n".join(lines)
 
 
@@ -204,13 +206,19 @@ def _scaling_chart(path: Path) -> None:
     import vl_convert
 
     data = alt.Data(values=_scaling_rows())
-    base = alt.Chart(data).mark_line(point=True).encode(
-        x=alt.X("rows:Q", scale=alt.Scale(type="log"), title="rows"),
-        color=alt.Color("engine:N", title=None),
+    base = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("rows:Q", scale=alt.Scale(type="log"), title="rows"),
+            color=alt.Color("engine:N", title=None),
+        )
     )
     wall = base.encode(y=alt.Y("wall_s:Q", scale=alt.Scale(type="log"), title="wall time (s)"))
     rss = base.encode(y=alt.Y("rss_mb:Q", scale=alt.Scale(type="log"), title="peak RSS (MB)"))
-    chart = alt.hconcat(wall.properties(width=300, height=220), rss.properties(width=300, height=220))
+    chart = alt.hconcat(
+        wall.properties(width=300, height=220), rss.properties(width=300, height=220)
+    )
     path.write_text(vl_convert.vegalite_to_svg(chart.to_dict(), allowed_base_urls=[]))
 
 

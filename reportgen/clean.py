@@ -432,7 +432,9 @@ def _examples_by_rule(frame: pl.DataFrame, cleaned: Cleaned) -> dict[str, list[d
             {
                 "file": source.files[row[FILE]],
                 "line": source.line(row[ROW]),
-                "customer_id": mask_id(None if row["customer_id"] is None else str(row["customer_id"])),
+                "customer_id": mask_id(
+                    None if row["customer_id"] is None else str(row["customer_id"])
+                ),
                 "order_id": row["order_id"],
                 "order_ts": row["order_ts"].isoformat(sep=" ") if row["order_ts"] else None,
                 "amount": format_minor(row["amount_minor"], digits),

@@ -46,7 +46,9 @@ def _verbosity(function: Callable[..., None]) -> Callable[..., None]:
     return click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")(function)
 
 
-def _parse_as_of(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | dt.date | None:
+def _parse_as_of(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> str | dt.date | None:
     from .config import parse_as_of
 
     if value is None:
@@ -62,12 +64,21 @@ def _parse_as_of(_ctx: click.Context, _param: click.Parameter, value: str | None
 @click.option("--as-of", callback=_parse_as_of, help="Last day covered (overrides the config).")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Output root (overrides output.dir).")  # fmt: skip
-@click.option("--send", is_flag=True,
-              help="Email the summary to the config's recipients after writing the run folder.")
-@click.option("--dry-run", is_flag=True,
-              help="Write the email (email.eml) and say what would be sent; send nothing.")
-@click.option("--force", is_flag=True,
-              help="With --send: send even if this run's email was sent before (sent.json).")
+@click.option(
+    "--send",
+    is_flag=True,
+    help="Email the summary to the config's recipients after writing the run folder.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Write the email (email.eml) and say what would be sent; send nothing.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --send: send even if this run's email was sent before (sent.json).",
+)
 @_verbosity
 def run(config_path: Path, as_of: str | dt.date | None, output: Path | None, send: bool, dry_run: bool,
         force: bool, verbose: int, quiet: bool) -> None:  # fmt: skip
@@ -172,8 +183,13 @@ def sample(rows: int, customers: int, seed: int, fmt: Literal["csv", "parquet"] 
         if fmt is None and output.suffix.lower() not in (".csv", ".parquet"):
             raise click.UsageError("give --format, or a file name ending in .csv or .parquet")
         try:
-            spec = SampleSpec(rows=rows, customers=customers, seed=seed,
-                              demographics=demographics or bias > 0, planted_bias=bias)
+            spec = SampleSpec(
+                rows=rows,
+                customers=customers,
+                seed=seed,
+                demographics=demographics or bias > 0,
+                planted_bias=bias,
+            )
             written = write_sample(spec, output, fmt)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None

@@ -67,8 +67,10 @@ class Changes:
         wide = wide.with_columns(pl.lit(0, dtype=pl.UInt32).alias(c) for c in missing)
         order_from = [s.segment for s in self.segments] + [NEW]
         rows = pl.DataFrame({"from_segment": order_from})
-        return rows.join(wide, on="from_segment", how="left").fill_null(0).select(
-            "from_segment", *order_to
+        return (
+            rows.join(wide, on="from_segment", how="left")
+            .fill_null(0)
+            .select("from_segment", *order_to)
         )
 
 
@@ -179,5 +181,7 @@ def _headlines(
         )
     lines.append(f"{new:,} customers are new in this period and {gone:,} are gone.")
     if moved.height:
-        lines.append(f"{moved.height:,} customers moved into a risk segment (see moved_into_risk.csv).")
+        lines.append(
+            f"{moved.height:,} customers moved into a risk segment (see moved_into_risk.csv)."
+        )
     return tuple(lines)

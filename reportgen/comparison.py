@@ -188,7 +188,10 @@ class _Setting:
 
 
 def _compare(
-    rfm: RfmTable, seg: Segmentation, config: Config, representation: Representation | None,
+    rfm: RfmTable,
+    seg: Segmentation,
+    config: Config,
+    representation: Representation | None,
     methods: list[str],
 ) -> Comparison:
     cfg, scored = config.segmentation, rfm.scored

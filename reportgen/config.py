@@ -105,7 +105,9 @@ class ReportSection(_Section):
         try:
             Locale.parse(value)
         except (ValueError, UnknownLocaleError):
-            raise ValueError(f"{value!r} is not a known locale (e.g. en_GB, de_DE, fr_FR)") from None
+            raise ValueError(
+                f"{value!r} is not a known locale (e.g. en_GB, de_DE, fr_FR)"
+            ) from None
         return value
 
     @property
@@ -166,7 +168,9 @@ class ColumnMap(_Section):
             raise ValueError("@amount: map either `amount`, or both `quantity` and `unit_price`")
         if self.amount is not None and (self.quantity or self.unit_price) and not has_parts:
             missing = "unit_price" if self.quantity else "quantity"
-            raise ValueError(f"@{missing}: map `quantity` and `unit_price` together (or only `amount`)")
+            raise ValueError(
+                f"@{missing}: map `quantity` and `unit_price` together (or only `amount`)"
+            )
         return self
 
     def mapped(self) -> dict[str, str]:
@@ -411,7 +415,14 @@ class RfmSection(_Section):
         return value
 
 
-FEATURES = ("recency_days", "frequency", "monetary", "tenure_days", "avg_order_value", "return_rate")
+FEATURES = (
+    "recency_days",
+    "frequency",
+    "monetary",
+    "tenure_days",
+    "avg_order_value",
+    "return_rate",
+)
 ALGORITHMS = ("kmeans", "gmm", "dbscan", "hdbscan", "agglomerative", "spectral")
 Algorithm = Literal[ALGORITHMS]  # type: ignore[valid-type]
 
@@ -519,7 +530,9 @@ class SegmentationSection(_Section):
     def _consistent_limits(self) -> SegmentationSection:
         low, high = self.k_range
         if low > high:
-            raise ValueError(f"k_range {list(self.k_range)}: the first number must not exceed the second")
+            raise ValueError(
+                f"k_range {list(self.k_range)}: the first number must not exceed the second"
+            )
         if self.min_k > self.max_k:
             raise ValueError(f"min_k ({self.min_k}) is larger than max_k ({self.max_k})")
         if self.k == "auto" and (self.max_k < low or self.min_k > high):
@@ -735,7 +748,9 @@ class EmailSection(_Section):
     bcc: list[EmailStr] = Field(
         default_factory=list, description="Blind copies: in the envelope only, never a header."
     )
-    reply_to: EmailStr | None = Field(None, description="Reply-To address; null: replies go to From.")
+    reply_to: EmailStr | None = Field(
+        None, description="Reply-To address; null: replies go to From."
+    )
     subject: str = Field(
         "{report_name}: {period}",
         min_length=1,
@@ -1027,7 +1042,9 @@ def _parse_yaml(path: Path, text: str) -> tuple[dict[str, Any], yaml.Node | None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: the file must be a mapping of sections (report:, input:, ...)")
+        raise ConfigError(
+            f"{path}:1: the file must be a mapping of sections (report:, input:, ...)"
+        )
     return data, root
 
 
@@ -1087,7 +1104,8 @@ def _merge_same_key(problems: list[_Problem]) -> list[_Problem]:
 def _is_union_tag(part: Any) -> bool:
     # pydantic adds the tried union member to the location, e.g. ('as_of', 'literal[...]')
     return isinstance(part, str) and (
-        "[" in part or part in {"date", "str", "int", "float", "list", "dict", "function-after"}
+        "[" in part
+        or part in {"date", "str", "int", "float", "list", "dict", "function-after"}
         or part.startswith("constrained-")  # Annotated[int, Field(ge=2)] in a union
     )
 

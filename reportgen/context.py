@@ -527,7 +527,8 @@ def _build_context(report: Report, seg: Segmentation) -> ReportContext:
         cover=_cover(report),
         toc=_with_sections(
             _with_sections(_toc(rows), [e for v in extensions for e in v.toc], before="quality"),
-            list(comparison.toc) if comparison is not None else [], before="appendix",
+            list(comparison.toc) if comparison is not None else [],
+            before="appendix",
         ),
         summary=summary,
         segments=segments,

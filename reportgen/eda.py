@@ -23,7 +23,8 @@ COUNT = pl.UInt32  # the dtype of the monthly counts, whichever engine computed 
 class Eda:
     """Per calendar month of the period (kept purchase lines only)."""
 
-    monthly: pl.DataFrame  # month (date, 1st), revenue_minor, orders, customers, new_customers, returning_customers
+    # month (date, 1st), revenue_minor, orders, customers, new_customers, returning_customers
+    monthly: pl.DataFrame
 
 
 def eda_queries(orders: pl.LazyFrame, cleaned: Cleaned) -> dict[str, pl.LazyFrame]:

@@ -37,7 +37,11 @@ def write_exports(report: Report, folder: Path) -> list[Path]:
     """Write every export of the report into `folder`; return the paths."""
     segments = segment_columns(report.segmentation, report.rfm)
     table = export_table(report.rfm, segments, report.config.input.attributes)
-    parquet, csv, summary = folder / "segments.parquet", folder / "segments.csv", folder / "summary.json"
+    parquet, csv, summary = (
+        folder / "segments.parquet",
+        folder / "segments.csv",
+        folder / "summary.json",
+    )
     table.write_parquet(parquet, statistics=False)
     _write_csv(table, csv, bom=report.config.output.csv_bom)
     summary.write_text(dumps_json(build_summary(report)) + "\n", encoding="utf-8")
@@ -109,8 +113,11 @@ def build_summary(report: Report) -> dict[str, Any]:
         "changes": _changes_part(report),
         "fairness": fairness_summary(report.fairness) if report.fairness is not None else None,
         "graph": graph_summary(report.graph) if report.graph is not None else None,
-        "comparison": None if report.comparison is None
-        else comparison_summary(report.comparison, report.rfm.minor_digits),
+        "comparison": (
+            comparison_summary(report.comparison, report.rfm.minor_digits)
+            if report.comparison is not None
+            else None
+        ),
         "versions": report.versions,
     }
 
@@ -275,9 +282,9 @@ def _grid_sizes(frame: pl.DataFrame, digits: int) -> list[dict[str, Any]]:
             "revenue": _money(row["revenue_minor"], digits),
             "revenue_share": row["revenue_minor"] / revenue_total,
         }
-        for row in sizes.sort(["customers", "rfm_grid_segment"], descending=[True, False]).iter_rows(
-            named=True
-        )
+        for row in sizes.sort(
+            ["customers", "rfm_grid_segment"], descending=[True, False]
+        ).iter_rows(named=True)
     ]
 
 

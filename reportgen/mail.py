@@ -472,8 +472,13 @@ def _new_returning_alt(fmt: Formatter, ctx: ReportContext) -> str:
         return "New and returning customers per month: no months."
     parts = [f"{fmt.month(m.month)} {fmt.number(m.new_customers)} new, "
              f"{fmt.number(m.returning_customers)} returning" for m in months[-6:]]  # fmt: skip
-    return ("Customers buying per month, first-time (new) and returning"
-            + (", the last six months" if len(months) > 6 else "") + ": " + "; ".join(parts) + ".")
+    return (
+        "Customers buying per month, first-time (new) and returning"
+        + (", the last six months" if len(months) > 6 else "")
+        + ": "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 # ---------------------------------------------------------------------------------------------

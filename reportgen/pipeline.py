@@ -132,7 +132,11 @@ def compute_report(
     with _in_background(prepare):
         representation = build_representation(facts.rfm, facts.extras, config)  # None unless on
         segmentation = segment_customers(
-            facts.rfm, config.segmentation, config.playbook, config.seed, earlier,
+            facts.rfm,
+            config.segmentation,
+            config.playbook,
+            config.seed,
+            earlier,
             space=representation.clustered if representation is not None else None,
         )
         fairness, graph = _extensions(config, facts, segmentation, stage)
@@ -269,4 +273,3 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "not installed"
     return {"python": platform.python_version(), **found}
-

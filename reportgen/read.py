@@ -181,7 +181,9 @@ def _scan(cfg: InputSection, fmt: str, files: list[str]) -> tuple[pl.LazyFrame, 
 
 
 def _concat(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
-    numbered = [f.with_columns(pl.lit(i, dtype=pl.UInt32).alias(FILE)) for i, f in enumerate(frames)]
+    numbered = [
+        f.with_columns(pl.lit(i, dtype=pl.UInt32).alias(FILE)) for i, f in enumerate(frames)
+    ]
     return numbered[0] if len(numbered) == 1 else pl.concat(numbered, how="diagonal_relaxed")
 
 
@@ -437,7 +439,11 @@ def _date_exprs(column: str, dtype: pl.DataType, formats: list[str], tz: str) ->
         return [ts.cast(pl.Datetime("us")).alias("order_ts"), *flags]
     if dtype == pl.Date:
         ts = col.cast(pl.Datetime("us"))
-        return [ts.alias("order_ts"), pl.lit(False).alias("_zoned"), pl.lit(False).alias("_bad_date")]
+        return [
+            ts.alias("order_ts"),
+            pl.lit(False).alias("_zoned"),
+            pl.lit(False).alias("_bad_date"),
+        ]
     parsed = [(pl.col(f"_date{i}"), "%z" in f or "%Z" in f) for i, f in enumerate(formats)]
     ts = pl.coalesce([p for p, _ in parsed])
     zoned = pl.coalesce([pl.when(p.is_not_null()).then(pl.lit(z)) for p, z in parsed])

@@ -112,7 +112,9 @@ def finish_rfm(
     window_start: dt.date | None,
 ) -> RfmTable:  # fmt: skip
     """Derive recency, tenure and returns, score, and name each customer's grid cell."""
-    frame = aggregates.filter(pl.col("_in_period")).drop("_in_period", "first_purchase", strict=False)
+    frame = aggregates.filter(pl.col("_in_period")).drop(
+        "_in_period", "first_purchase", strict=False
+    )
     frame = frame.with_columns(pl.col("customer_id").cast(pl.String))  # numeric ids become text
     as_of = frame[AS_OF][0] if frame.height else None
     frame = _derive(frame, cfg).drop(AS_OF)

@@ -121,7 +121,8 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
     groups = results.pop("groups")
     slices = -(-groups.height // SLICE_GROUPS)
     orders = _orders(groups, cleaned, slices)  # for the monthly EDA and RFM
-    queries = group_audit_queries(cleaned, groups.lazy()) | {"rfm": rfm_query(orders.lazy(), cleaned)}
+    rfm = {"rfm": rfm_query(orders.lazy(), cleaned)}
+    queries = group_audit_queries(cleaned, groups.lazy()) | rfm
     results |= _collect_all(queries)
     results["eda_months"] = month_totals(orders, cleaned, slices)
     results["totals"] = pl.concat([results.pop("counted"), results.pop("checks")], how="horizontal")
@@ -261,5 +262,3 @@ def _check_not_empty(audit: CleaningAudit, rfm: RfmTable) -> None:
     raise InputDataError(
         f"no customer is left after cleaning ({audit.rows_read:,} rows read; dropped: {dropped})"
     )
-
-

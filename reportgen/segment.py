@@ -281,8 +281,12 @@ def segment_customers(
     with threadpool_limits(limits=_THREADS):
         seg = _segment(rfm, cfg, playbook, seed, previous, space)
     if previous is not None and cfg.k_policy == "keep_previous":
-        reason = f"k={previous.k} is kept from the run of {previous.as_of} (k_policy: keep_previous)."
-        seg = dataclasses.replace(seg, choice=dataclasses.replace(seg.choice, rule="kept", reason=reason))
+        reason = (
+            f"k={previous.k} is kept from the run of {previous.as_of} (k_policy: keep_previous)."
+        )
+        seg = dataclasses.replace(
+            seg, choice=dataclasses.replace(seg.choice, rule="kept", reason=reason)
+        )
     return seg
 
 
@@ -341,7 +345,11 @@ def _segment(
 
 
 def _other_algorithm(
-    cfg: SegmentationSection, coords: np.ndarray, space: Space | None, choice: KChoice, seed: int,
+    cfg: SegmentationSection,
+    coords: np.ndarray,
+    space: Space | None,
+    choice: KChoice,
+    seed: int,
     names: int,
 ) -> FinalAssignment | None:
     """The chosen algorithm's assignment (algorithms.py); None for K-Means on the features."""
@@ -690,15 +698,21 @@ def choose_k(
         best_for_rule = best[rule]
         if best_for_rule is None:  # every admissible value was NaN (not with fitted k-means)
             raise ValueError(f"no admissible k has a finite {rule}")
-        k, reason = best_for_rule, (
-            f"k={best_for_rule} has {_CRITERION_WORDS[rule]} among the admissible k "
-            f"({_ks(admissible, ks)})"
+        k, reason = (
+            best_for_rule,
+            (
+                f"k={best_for_rule} has {_CRITERION_WORDS[rule]} among the admissible k "
+                f"({_ks(admissible, ks)})"
+            ),
         )
     return KChoice(k, rule, reason + ".", best, _disagreement(best, rule, k))
 
 
 def _knee_reason(
-    knee: int | None, best: dict[str, int | None], silhouette: dict[int, float], min_k: int,
+    knee: int | None,
+    best: dict[str, int | None],
+    silhouette: dict[int, float],
+    min_k: int,
     max_k: int,
 ) -> tuple[int, str]:
     window = f"k={min_k}..{max_k}"
@@ -943,8 +957,12 @@ def _assemble(
     sil_frame = assignments[fit.sil_idx].select("customer_id", "label", "segment")
     sil = silhouette_values(fit.coords[fit.sil_idx], [labels[fit.sil_idx]])[0]
     sil_frame = sil_frame.with_columns(pl.Series("silhouette", sil))
-    stability = fit.final.stability if fit.final is not None else measure_stability(
-        fit.coords[fit.fit_idx], labels[fit.fit_idx], fit.choice.k, cfg, seed
+    stability = (
+        fit.final.stability
+        if fit.final is not None
+        else measure_stability(
+            fit.coords[fit.fit_idx], labels[fit.fit_idx], fit.choice.k, cfg, seed
+        )
     )
     frame = _profile_frame(rfm, assignments)
     profiles = _profiles(frame, named.names, cfg, centroids, fit.transform, sil_frame, rfm)
@@ -994,7 +1012,8 @@ def _final_fields(fit: _Fit, named: _Named, customer_ids: pl.Series) -> dict[str
     return {
         "algorithm": fit.final.algorithm,
         "algorithm_note": fit.final.note,
-        "membership": None if membership is None
+        "membership": None
+        if membership is None
         else membership_frame(customer_ids, membership, named.order, named.names),
     }
 
@@ -1049,8 +1068,13 @@ def _profile_frame(rfm: RfmTable, assignments: pl.DataFrame) -> pl.DataFrame:
 
 
 def _profiles(
-    frame: pl.DataFrame, names: tuple[str, ...], cfg: SegmentationSection, centroids: np.ndarray,
-    transform: Transform, sil_frame: pl.DataFrame, rfm: RfmTable,
+    frame: pl.DataFrame,
+    names: tuple[str, ...],
+    cfg: SegmentationSection,
+    centroids: np.ndarray,
+    transform: Transform,
+    sil_frame: pl.DataFrame,
+    rfm: RfmTable,
 ) -> list[SegmentProfile]:
     """Per-segment figures: integer sums in polars (exact), float statistics in numpy.
 
@@ -1101,8 +1125,15 @@ def _feature_stats(row: dict, feature: str, digits: int) -> FeatureStats:
 
 
 def _profile(
-    row: dict[str, Any], names: tuple[str, ...], shown: list[str], total: int, revenue: int,
-    centroids: np.ndarray, original: np.ndarray, sil: dict[int, float], digits: int,
+    row: dict[str, Any],
+    names: tuple[str, ...],
+    shown: list[str],
+    total: int,
+    revenue: int,
+    centroids: np.ndarray,
+    original: np.ndarray,
+    sil: dict[int, float],
+    digits: int,
 ) -> SegmentProfile:
     label = row["label"]
     gross = row["gross_minor"]

@@ -75,4 +75,3 @@ def _default_text(field: FieldInfo, dotted: str) -> str:
 def json_schema() -> str:
     """The JSON Schema of the config file, for editors."""
     return json.dumps(Config.model_json_schema(), indent=2)
-

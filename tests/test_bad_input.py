@@ -62,7 +62,7 @@ def _assert_fails(result: Result, code: int, *words: str) -> str:
     assert result.stdout == ""
     errors = [line for line in result.stderr.splitlines() if " ERROR reportgen:" in line]
     assert len(errors) == 1, result.stderr
-    message = result.stderr[result.stderr.index(" ERROR reportgen:"):]
+    message = result.stderr[result.stderr.index(" ERROR reportgen:") :]
     for word in words:
         assert word in message, (word, message)
     return message
@@ -302,11 +302,17 @@ def test_undecodable_byte_in_a_declared_encoding(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("section", "text", "words"),
     [
-        ({}, "a,1,2024-03-01,abc\nb,2,2024-03-01,5.00\nc,3,2024-03-01,1.2.3\n",
-         ["2 values in 'amount' are not numbers", "first lines: 2, 4"]),
+        (
+            {},
+            "a,1,2024-03-01,abc\nb,2,2024-03-01,5.00\nc,3,2024-03-01,1.2.3\n",
+            ["2 values in 'amount' are not numbers", "first lines: 2, 4"],
+        ),
         # a decimal comma in a file configured with the default '.': the hint names the setting
-        ({}, "a,1,2024-03-01,\"12,50\"\n", ["1 value", "'amount'", "first lines: 2",
-                                              "input.csv.decimal"]),
+        (
+            {},
+            'a,1,2024-03-01,"12,50"\n',
+            ["1 value", "'amount'", "first lines: 2", "input.csv.decimal"],
+        ),
     ],
     ids=["garbage", "decimal-comma"],
 )

@@ -271,8 +271,10 @@ def test_bad_slug_is_refused(tmp_path):
     path = write(tmp_path / "c.yaml", "input:\n  path: tx.csv\nreport:\n  slug: Bad Slug\n")
     lines, _ = load_problems(path)
     assert lines == [
-        (f"{path}:4: report.slug: String should match pattern '^[a-z0-9][a-z0-9_-]*$'"
-         " (got 'Bad Slug')")
+        (
+            f"{path}:4: report.slug: String should match pattern '^[a-z0-9][a-z0-9_-]*$'"
+            " (got 'Bad Slug')"
+        )
     ]
 
 
@@ -318,12 +320,18 @@ def expected_lines(path: Path) -> list[str]:
         f"{path}:5: report.colour: {UNKNOWN_KEY}",
         f"{path}:7: input.path: unknown sample data set 'sample:nope'; known: sample:online_retail",
         f"{path}:9: input.csv.encoding: unknown encoding 'klingon' (e.g. utf-8, latin-1, cp1252)",
-        (f"{path}:14: period.window_days: Input should be a valid integer,"
-         " unable to parse string as an integer (got 'five')"),
-        (f"{path}:15: period.max_staleness_days: Input should be greater than or equal to 0"
-         " (got -1)"),
-        (f"{path}:16: period.timezone: unknown time zone 'Mars/Olympus'"
-         " (an IANA name, e.g. Europe/London)"),
+        (
+            f"{path}:14: period.window_days: Input should be a valid integer,"
+            " unable to parse string as an integer (got 'five')"
+        ),
+        (
+            f"{path}:15: period.max_staleness_days: Input should be greater than or equal to 0"
+            " (got -1)"
+        ),
+        (
+            f"{path}:16: period.timezone: unknown time zone 'Mars/Olympus'"
+            " (an IANA name, e.g. Europe/London)"
+        ),
         f"{path}:18: cleaning.returns: Input should be 'exclude' or 'net' (got 'sometimes')",
         f"{path}:19: outputs: {UNKNOWN_KEY}",
     ]
@@ -338,8 +346,7 @@ def test_every_mistake_is_reported_at_once_with_file_line_and_key(tmp_path):
         line
         for line in lines
         if re.fullmatch(
-            rf"{re.escape(str(path))}:11: input\.columns\.amount: "
-            + re.escape(AMOUNT_MESSAGE),
+            rf"{re.escape(str(path))}:11: input\.columns\.amount: " + re.escape(AMOUNT_MESSAGE),
             line,
         )
     ]
@@ -389,8 +396,10 @@ def test_quantity_without_unit_price_is_refused(tmp_path):
     )
     lines, summary = load_problems(path)
     assert lines == [
-        (f"{path}:3: input.columns.unit_price: map `quantity` and `unit_price` together"
-         " (or only `amount`)")
+        (
+            f"{path}:3: input.columns.unit_price: map `quantity` and `unit_price` together"
+            " (or only `amount`)"
+        )
     ]
     assert summary == f"1 problem in {path}{SUMMARY_TAIL}"
 
@@ -657,9 +666,7 @@ def test_segment_map_csv_with_a_gap_is_refused(tmp_path):
 def test_segment_map_csv_with_an_overlap_is_refused(tmp_path):
     """A CSV giving 222 two names is refused at load (exit 3), naming the code and names."""
     write_map_csv(tmp_path / "overlap.csv", [*builtin_rows(), ["2", "2", "2", "Champions"]])
-    path = write(
-        tmp_path / "c.yaml", "input:\n  path: tx.csv\nrfm:\n  segment_map: overlap.csv\n"
-    )
+    path = write(tmp_path / "c.yaml", "input:\n  path: tx.csv\nrfm:\n  segment_map: overlap.csv\n")
     lines, _ = cli_problems(validate(path))
     assert len(lines) == 1
     assert lines[0].startswith(f"{path}:4: rfm.segment_map: segment map refused: ")
@@ -721,8 +728,10 @@ def test_incomplete_pattern_map_is_refused(tmp_path):
     line = yaml_keys(yaml.compose(path.read_text()))["rfm.segment_map"] + 1
     lines, _ = load_problems(path)
     assert lines == [
-        (f"{path}:{line}: rfm.segment_map: segment map refused: 25 score codes have no segment"
-         " (e.g. 411, 412, 413, 414, 415, 421)")
+        (
+            f"{path}:{line}: rfm.segment_map: segment map refused: 25 score codes have no segment"
+            " (e.g. 411, 412, 413, 414, 415, 421)"
+        )
     ]
 
 
@@ -732,8 +741,9 @@ def test_overlapping_pattern_map_is_refused(tmp_path):
     path = write(tmp_path / "c.yaml", yaml.safe_dump({**MINIMAL, "rfm": {"segment_map": spec}}))
     lines, _ = load_problems(path)
     assert len(lines) == 1
-    assert ": rfm.segment_map: segment map refused: 5 score codes have more than one segment" in (
-        lines[0]
+    assert (
+        ": rfm.segment_map: segment map refused: 5 score codes have more than one segment"
+        in lines[0]
     )
     for code in ("551", "552", "553", "554", "555"):
         assert f"{code} -> R5 / Top" in lines[0]
@@ -778,7 +788,9 @@ def test_schema_is_valid_json_schema_closed_on_every_section():
         assert definition["additionalProperties"] is False, name
     # input needs one source: path, or a database or Spark (tests/test_pushdown.py)
     assert schema["$defs"]["InputSection"]["anyOf"] == [
-        {"required": ["path"]}, {"required": ["database"]}, {"required": ["spark"]}
+        {"required": ["path"]},
+        {"required": ["database"]},
+        {"required": ["spark"]},
     ]
 
 

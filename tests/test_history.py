@@ -70,7 +70,9 @@ def test_migration_matrix_sums_to_both_runs(two_dates):
     assert columns == after_sizes
     assert sum(rows.values()) + new == sum(columns.values()) + gone
     assert new == after.filter(~pl.col("customer_id").is_in(before["customer_id"].implode())).height
-    assert gone == before.filter(~pl.col("customer_id").is_in(after["customer_id"].implode())).height
+    assert (
+        gone == before.filter(~pl.col("customer_id").is_in(after["customer_id"].implode())).height
+    )
 
 
 def test_matched_segments_keep_their_names(two_dates):
@@ -131,7 +133,6 @@ def test_rerunning_a_date_gives_identical_exports(two_dates, tmp_path):
             continue
         else:
             assert old == after[name], name
-
 
 
 def test_keep_previous_holds_k(tmp_path, shipped_config_path):

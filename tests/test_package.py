@@ -25,18 +25,20 @@ def test_every_public_name_resolves_and_is_listed():
 
 def test_importing_the_package_loads_no_stage():
     """`import reportgen` alone imports none of the stages (the CLI's --help pays nothing)."""
-    code = "import sys, reportgen; print(sorted(m for m in sys.modules if m.startswith('reportgen.')))"
+    code = (
+        "import sys, reportgen; print(sorted(m for m in sys.modules if m.startswith('reportgen.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-def test_the_code_base_passes_the_lint_rules():
-    """`ruff check` with the rules that pyproject.toml selects (the version is pinned there)."""
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]])
+def test_the_code_base_passes_the_lint_rules_and_is_formatted(command: list[str]) -> None:
+    """`ruff check` with the rules that pyproject.toml selects, and `ruff format` (line length
+    100): run both before committing (the version is pinned in the test extra)."""
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--no-cache", "reportgen", "tests", "bench"],
-        cwd=root, capture_output=True, text=True,
-    )  # fmt: skip
+    ruff = [sys.executable, "-m", "ruff", *command, "--no-cache", "reportgen", "tests", "bench"]
+    out = subprocess.run(ruff, cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -19,7 +19,9 @@ EXPORTS = (
 
 
 def _run(config: Path, output: Path, *extra: str) -> tuple[int, list[str], str]:
-    result = CliRunner().invoke(cli, ["run", "--config", str(config), "--output", str(output), *extra])
+    result = CliRunner().invoke(
+        cli, ["run", "--config", str(config), "--output", str(output), *extra]
+    )
     return result.exit_code, result.stdout.splitlines(), result.stderr
 
 

@@ -177,8 +177,10 @@ def _parquet_frame() -> pl.DataFrame:
             "customer_id": [17850.0, 17850.0, 12345.0, 12345.0],
             "order_id": ["1", "2", "3", "3"],
             "order_date": [
-                dt.datetime(2024, 3, 1, 9), dt.datetime(2024, 3, 10, 18),
-                dt.datetime(2024, 3, 5, 8), dt.datetime(2024, 3, 5, 8, 1),
+                dt.datetime(2024, 3, 1, 9),
+                dt.datetime(2024, 3, 10, 18),
+                dt.datetime(2024, 3, 5, 8),
+                dt.datetime(2024, 3, 5, 8, 1),
             ],
             "amount": [10.0, 2.5, 0.1, 0.2],
         }
@@ -238,9 +240,7 @@ def _zoned_frame(time_zone: str | None) -> pl.DataFrame:
     stamps = [dt.datetime(2024, 1, 1, 23, 30), dt.datetime(2024, 1, 2, 10, 0)]
     return pl.DataFrame(
         {"customer_id": ["a", "b"], "order_id": ["1", "2"], "amount": [5.0, 7.0]}
-    ).with_columns(
-        pl.Series("order_date", stamps, dtype=pl.Datetime("us", time_zone))
-    )
+    ).with_columns(pl.Series("order_date", stamps, dtype=pl.Datetime("us", time_zone)))
 
 
 @pytest.mark.parametrize(
@@ -256,8 +256,9 @@ def test_parquet_zoned_datetimes_are_converted_to_the_period_timezone(
     report = reportgen.compute_rfm_stage(config)
 
     assert report.period.as_of == _d("2024-01-02")
-    assert report.rfm.frame.select("customer_id", "first_order", "last_order",
-                                   "recency_days").rows() == [
+    assert report.rfm.frame.select(
+        "customer_id", "first_order", "last_order", "recency_days"
+    ).rows() == [
         ("a", _d(a_day), _d(a_day), a_recency),
         ("b", _d("2024-01-02"), _d("2024-01-02"), 0),
     ]
@@ -265,11 +266,10 @@ def test_parquet_zoned_datetimes_are_converted_to_the_period_timezone(
 
 def test_parquet_zoned_datetimes_in_another_zone(tmp_path: Path) -> None:
     """A column stored in America/New_York is converted too (18:30 NY = 00:30 Berlin)."""
-    frame = pl.DataFrame(
-        {"customer_id": ["a"], "order_id": ["1"], "amount": [5.0]}
-    ).with_columns(
-        pl.Series("order_date", [dt.datetime(2024, 1, 1, 18, 30)])
-        .dt.replace_time_zone("America/New_York")
+    frame = pl.DataFrame({"customer_id": ["a"], "order_id": ["1"], "amount": [5.0]}).with_columns(
+        pl.Series("order_date", [dt.datetime(2024, 1, 1, 18, 30)]).dt.replace_time_zone(
+            "America/New_York"
+        )
     )
     frame.write_parquet(tmp_path / "tx.parquet")
     config = _config(tmp_path, "tx.parquet", period={"timezone": "Europe/Berlin"})
@@ -488,8 +488,12 @@ def test_window_edge_day_is_inside(tmp_path: Path) -> None:
         ("last_month_end", dt.datetime(2024, 3, 10, 8, 0, tzinfo=UTC), "UTC", "2024-02-29"),
         ("last_month_end", dt.datetime(2024, 4, 1, 0, 30, tzinfo=UTC), "UTC", "2024-03-31"),
         # 00:30 UTC on 1 April is still 31 March in New York: last month end is 29 February
-        ("last_month_end", dt.datetime(2024, 4, 1, 0, 30, tzinfo=UTC), "America/New_York",
-         "2024-02-29"),
+        (
+            "last_month_end",
+            dt.datetime(2024, 4, 1, 0, 30, tzinfo=UTC),
+            "America/New_York",
+            "2024-02-29",
+        ),
     ],
 )
 def test_clock_keywords_use_now_in_the_period_timezone(

@@ -341,8 +341,10 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
         ({"customers": 0}, "customers: expected an integer >= 1, got 0"),
         (
             {"rows": 10, "customers": 11},
-            ("customers: expected at most rows (10), got 11 "
-             "(every customer needs at least one invoice line)"),
+            (
+                "customers: expected at most rows (10), got 11 "
+                "(every customer needs at least one invoice line)"
+            ),
         ),
         (
             {"start": datetime.date(2024, 1, 2), "end": datetime.date(2024, 1, 1)},
