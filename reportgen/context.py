@@ -26,6 +26,7 @@ from altair.utils.schemapi import debug_mode
 
 from . import charts as ch
 from .algorithms import TITLES
+from .eda import month_coverage
 from .model import Report
 from .segment import FEATURE_COLUMNS, STABILITY_THRESHOLD, Segmentation, revenue_expr
 
@@ -357,6 +358,13 @@ class Month:
     customers: int
     new_customers: int
     returning_customers: int
+    days_covered: int  # days of the month within the period
+    days_in_month: int
+
+    @property
+    def partial(self) -> bool:
+        """The period covers only part of the month: not comparable with the full months."""
+        return self.days_covered < self.days_in_month
 
 
 @dataclass(frozen=True)
@@ -940,6 +948,7 @@ def _quality(report: Report) -> Quality:
 
 def _exploration(report: Report) -> Exploration:
     eda, digits = report.eda, report.rfm.minor_digits
+    span = (_cover(report).period_start or report.period.as_of, report.period.as_of)
     months = tuple(
         Month(
             r["month"],
@@ -948,19 +957,25 @@ def _exploration(report: Report) -> Exploration:
             int(r["customers"] or 0),
             int(r["new_customers"] or 0),
             int(r["returning_customers"] or 0),
+            *month_coverage(r["month"], span),
         )
         for r in eda.monthly.iter_rows(named=True)
+    )
+    partial = (
+        "; a lighter bar is a month the period covers only in part (the table below gives its days)"
+        if any(m.partial for m in months)
+        else ""
     )
     accent = _branding(report).accent
     return Exploration(
         monthly_chart=_chart(
             "chart-monthly", "Revenue and orders per month",
-            "Revenue (bars) and orders (line) of the kept purchases per calendar month; the first "
-            "and last months may be partial.", ch.monthly_chart(eda, digits, accent)),
+            f"Revenue (bars) and orders (line) of the kept purchases per calendar month{partial}.",
+            ch.monthly_chart(eda, digits, accent, span)),
         new_returning_chart=_chart(
             "chart-new-returning", "New and returning customers per month",
             "Customers buying in each month: first purchase ever (new) or bought before "
-            "(returning).", ch.new_returning_chart(eda)),
+            f"(returning){partial}.", ch.new_returning_chart(eda, span)),
         distribution_chart=_chart(
             "chart-distributions", "Distributions of recency, orders and spend",
             "Customers per bin; the top 1% of each feature share the last bin.",

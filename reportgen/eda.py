@@ -6,6 +6,8 @@ the audit and RFM (rfm_stage._collect).
 
 from __future__ import annotations
 
+import calendar
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -17,6 +19,16 @@ from .rfm import within_customer
 log = logging.getLogger(__name__)
 
 COUNT = pl.UInt32  # the dtype of the monthly counts, whichever engine computed them
+
+
+def month_coverage(month: dt.date, span: tuple[dt.date, dt.date]) -> tuple[int, int]:
+    """Days of the calendar month starting on `month` within the period `span` (first and last
+    day, inclusive), and the month's length: a month the period covers in part is not
+    comparable with the others (a 9-day December is not a slump)."""
+    length = calendar.monthrange(month.year, month.month)[1]
+    last_of_month = month + dt.timedelta(days=length - 1)
+    covered = (min(last_of_month, span[1]) - max(month, span[0])).days + 1
+    return max(covered, 0), length
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from .errors import ConfigError, DeliveryError, UsageError
 from .formatting import Formatter, d3_format_locale, d3_time_locale, register_filters
 
 if TYPE_CHECKING:  # the report's context pulls in the charts (Altair): imported when building
-    from .context import Notice, Recommendation, ReportContext, SegmentRow
+    from .context import Month, Notice, Recommendation, ReportContext, SegmentRow
     from .model import Report
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class EmailChart:
     png: bytes = field(repr=False)
     width: int  # CSS pixels; the PNG has CHART_SCALE times as many
     height: int
+    note: str = ""  # a line under the chart, e.g. which months the period covers in part
 
 
 @dataclass(frozen=True)
@@ -334,20 +335,22 @@ def render_charts(ctx: ReportContext, report: Report, domain: str) -> tuple[Emai
     """The email's charts (segment shares, revenue and orders by month, new and returning
     customers by month) as PNG parts, each with an alt text stating its numbers."""
     fmt = _formatter(ctx)
+    partial = _partial_months_note(fmt, ctx)
     picks = (
-        (ctx.summary.share_chart, _share_alt(fmt, ctx)),
-        (ctx.exploration.monthly_chart, _monthly_alt(fmt, ctx)),
-        (ctx.exploration.new_returning_chart, _new_returning_alt(fmt, ctx)),
+        (ctx.summary.share_chart, _share_alt(fmt, ctx), ""),
+        (ctx.exploration.monthly_chart, _monthly_alt(fmt, ctx), partial),
+        (ctx.exploration.new_returning_chart, _new_returning_alt(fmt, ctx), partial),
     )
     tag = f"{report.run_name}.{report.data_fingerprint}"
     charts = []
-    for view, alt in picks:
+    for view, alt, note in picks:
         name = view.id.removeprefix("chart-")
         png = chart_png(view.spec, ctx.locale, ctx.currency)
         width, height = _png_size(png)
         charts.append(EmailChart(
             cid=f"{name}.{tag}@{domain}", filename=f"{name}.png", title=view.title, alt=alt,
             png=png, width=round(width / CHART_SCALE), height=round(height / CHART_SCALE),
+            note=note,
         ))  # fmt: skip
     return tuple(charts)
 
@@ -458,12 +461,25 @@ def _monthly_alt(fmt: Formatter, ctx: ReportContext) -> str:
     top = max(months, key=lambda m: m.revenue_minor)
     low = min(months, key=lambda m: m.revenue_minor)
     last = months[-1]
+    days = f" ({_days_text(last)})" if last.partial else ""
     return (f"Revenue and orders per month, {fmt.month(months[0].month)} to "
             f"{fmt.month(last.month)}: highest revenue {fmt.money(top.revenue_minor, 0)} in "
             f"{fmt.month(top.month)}, lowest {fmt.money(low.revenue_minor, 0)} in "
-            f"{fmt.month(low.month)}; {fmt.month(last.month)} (may be partial): "
+            f"{fmt.month(low.month)}; {fmt.month(last.month)}{days}: "
             f"{fmt.money(last.revenue_minor, 0)} from {fmt.number(last.orders)} "
             "orders.")  # fmt: skip
+
+
+def _partial_months_note(fmt: Formatter, ctx: ReportContext) -> str:
+    """Which months the period covers only in part (drawn lighter), with their days."""
+    parts = [f"{fmt.month(m.month)}: {_days_text(m)}" for m in ctx.exploration.months if m.partial]
+    if not parts:
+        return ""
+    return f"Lighter bars: months only partly in the period ({'; '.join(parts)})."
+
+
+def _days_text(month: Month) -> str:
+    return f"{month.days_covered} of {month.days_in_month} days"
 
 
 def _new_returning_alt(fmt: Formatter, ctx: ReportContext) -> str:

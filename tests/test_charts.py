@@ -123,10 +123,33 @@ def test_every_chart_is_valid_vega_lite_with_inline_bounded_data(report):
         assert '"url"' not in text, chart.id
         assert _data_rows(chart.spec) <= 2 * ch.MAX_POINTS, chart.id
     seg = report.segmentation
+    span = (dt.date(2023, 1, 15), report.period.as_of)
     for build in (lambda: ch.scatter_chart(report.rfm, seg, 1), lambda: ch.elbow_chart(seg),
-                  lambda: ch.silhouette_samples_chart(seg), lambda: ch.monthly_chart(
-                      report.eda, 2, "#123456")):  # fmt: skip
+                  lambda: ch.silhouette_samples_chart(seg),
+                  lambda: ch.monthly_chart(report.eda, 2, "#123456", span),
+                  lambda: ch.new_returning_chart(report.eda, span)):  # fmt: skip
         ch.to_spec(build(), validate=True)  # raises on a schema error
+
+
+def test_only_months_the_period_covers_in_part_are_marked(report):
+    """The monthly chart's rows flag the months not wholly in the period (drawn lighter); this
+    period runs over whole months, so none is flagged and the caption says nothing of it
+    (test_mail has a period ending on 9 December)."""
+    ctx = build_context(report)
+    months = ctx.exploration.months
+    start, end = report.audit.first_date, report.period.as_of
+
+    def last_day(month: dt.date) -> dt.date:
+        return (month + dt.timedelta(days=31)).replace(day=1) - dt.timedelta(days=1)
+
+    assert [m.partial for m in months] == [
+        m.month < start or end < last_day(m.month) for m in months
+    ]
+    values = ctx.exploration.monthly_chart.spec["data"]["values"]
+    assert [r["partial"] for r in values] == [m.partial for m in months]
+    assert (start, end) == (dt.date(2023, 1, 1), dt.date(2024, 6, 30))
+    assert not any(m.partial for m in months)
+    assert "lighter" not in ctx.exploration.monthly_chart.caption
 
 
 def test_scatter_draws_a_bounded_sample_of_real_customers(report):

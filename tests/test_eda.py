@@ -10,6 +10,7 @@ import pytest
 
 import reportgen
 from reportgen import rfm_stage
+from reportgen.eda import month_coverage
 from reportgen.rfm_stage import compute_rfm_stage
 
 ROWS = """customer,invoice,date,amount
@@ -75,3 +76,19 @@ def test_sample_data_in_slices_gives_the_same_tables(monkeypatch, shipped_config
     sliced = compute_rfm_stage(config)
     assert sliced.eda.monthly.equals(whole.eda.monthly)
     assert sliced.rfm.frame.equals(whole.rfm.frame)
+
+
+@pytest.mark.parametrize(
+    ("month", "span", "expected"),
+    [
+        (dt.date(2011, 12, 1), (dt.date(2010, 12, 1), dt.date(2011, 12, 9)), (9, 31)),
+        (dt.date(2010, 12, 1), (dt.date(2010, 12, 1), dt.date(2011, 12, 9)), (31, 31)),
+        (dt.date(2011, 3, 1), (dt.date(2011, 3, 15), dt.date(2011, 12, 9)), (17, 31)),
+        (dt.date(2024, 2, 1), (dt.date(2024, 1, 1), dt.date(2024, 2, 29)), (29, 29)),  # leap
+        (dt.date(2023, 2, 1), (dt.date(2023, 2, 10), dt.date(2023, 2, 10)), (1, 28)),
+        (dt.date(2024, 5, 1), (dt.date(2024, 1, 1), dt.date(2024, 3, 31)), (0, 31)),  # outside
+    ],
+)
+def test_month_coverage_counts_the_days_in_the_period(month, span, expected) -> None:
+    """Days of the month within first..last (both included), and the month's length."""
+    assert month_coverage(month, span) == expected

@@ -375,7 +375,15 @@ def test_alt_texts_state_the_numbers(report, message):
     peak = monthly.row(-1, named=True)
     assert f"highest revenue £{round(peak['revenue_minor'] / 100):,} in " in alts[1]
     assert peak["month"].strftime("%b %Y") in alts[1]
+    assert "; Dec 2011 (9 of 31 days): " in alts[1]  # the period ends on 9 December 2011
     assert alts[2].startswith("Customers buying per month, first-time (new) and returning")
+
+
+def test_a_month_partly_in_the_period_is_explained_under_its_charts(message):
+    """The last bar (9 December) is lighter; the line under both monthly charts says why."""
+    html = message.get_body(("html",)).get_content()
+    note = "Lighter bars: months only partly in the period (Dec 2011: 9 of 31 days)."
+    assert html.count(note) == 2
 
 
 def test_html_is_inlined_self_contained_and_small(message):
