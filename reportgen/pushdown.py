@@ -385,10 +385,35 @@ def _first_line(exc: BaseException, secret: str | None = None) -> str:
     return text.replace(secret, "[redacted]") if secret else text
 
 
-class _Postgres:
-    """PostgreSQL through psycopg 3; TLS and other libpq options pass through the URL."""
+class _Database:
+    """What the two databases share: one read-only connection, each query grouping the rows
+    itself (no materialised table), driver errors reported with the query's name."""
 
     kind = "database"
+    location: str
+    _conn: Any
+    _error: type[Exception]  # the driver's base error
+
+    def _frame(self, sql: str) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def fetch(self, sql: str, name: str = "schema") -> pl.DataFrame:
+        try:
+            return _timed(name, lambda: self._frame(sql))
+        except self._error as exc:
+            raise InputDataError(
+                f"{self.location}: the {name} query failed: {_first_line(exc)}"
+            ) from None
+
+    def materialize(self, sql: str) -> str | None:
+        return None  # a read-only session: each query groups the rows itself
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _Postgres(_Database):
+    """PostgreSQL through psycopg 3; TLS and other libpq options pass through the URL."""
 
     def __init__(self, db: DatabaseInput, timezone: str) -> None:
         password = _password(db)
@@ -412,24 +437,10 @@ class _Postgres:
             ) from None
         self._error = psycopg.Error
 
-    def fetch(self, sql: str, name: str = "schema") -> pl.DataFrame:
-        def run() -> pl.DataFrame:
-            with self._conn.cursor() as cur:
-                cur.execute(sql)
-                return _pg_frame(cur.description, cur.fetchall())
-
-        try:
-            return _timed(name, run)
-        except self._error as exc:
-            raise InputDataError(
-                f"{self.location}: the {name} query failed: {_first_line(exc)}"
-            ) from None
-
-    def materialize(self, sql: str) -> str | None:
-        return None  # a read-only session: each query groups the rows itself
-
-    def close(self) -> None:
-        self._conn.close()
+    def _frame(self, sql: str) -> pl.DataFrame:
+        with self._conn.cursor() as cur:
+            cur.execute(sql)
+            return _pg_frame(cur.description, cur.fetchall())
 
 
 _PG_TYPES: dict[int, pl.DataType] = {
@@ -457,10 +468,8 @@ def _pg_frame(description: Any, rows: list[tuple]) -> pl.DataFrame:
     return pl.DataFrame(columns)
 
 
-class _DuckDB:
+class _DuckDB(_Database):
     """A DuckDB database file, opened read-only."""
-
-    kind = "database"
 
     def __init__(self, db: DatabaseInput, timezone: str) -> None:
         duckdb = _import("duckdb", "database", "input.database (DuckDB)")
@@ -476,19 +485,8 @@ class _DuckDB:
             raise InputDataError(f"{self.location}: cannot open: {_first_line(exc)}") from None
         self._error = duckdb.Error
 
-    def fetch(self, sql: str, name: str = "schema") -> pl.DataFrame:
-        try:
-            return _timed(name, lambda: _arrow_frame(self._conn.sql(sql).to_arrow_table()))
-        except self._error as exc:
-            raise InputDataError(
-                f"{self.location}: the {name} query failed: {_first_line(exc)}"
-            ) from None
-
-    def materialize(self, sql: str) -> str | None:
-        return None  # a read-only session: each query groups the rows itself
-
-    def close(self) -> None:
-        self._conn.close()
+    def _frame(self, sql: str) -> pl.DataFrame:
+        return _arrow_frame(self._conn.sql(sql).to_arrow_table())
 
 
 def duckdb_path(url: str) -> str:
