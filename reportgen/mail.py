@@ -458,8 +458,9 @@ def _monthly_alt(fmt: Formatter, ctx: ReportContext) -> str:
     months = ctx.exploration.months
     if not months:
         return "Revenue and orders per month: no months."
-    top = max(months, key=lambda m: m.revenue_minor)
-    low = min(months, key=lambda m: m.revenue_minor)
+    full = [m for m in months if not m.partial] or months  # a 9-day month is no "lowest"
+    top = max(full, key=lambda m: m.revenue_minor)
+    low = min(full, key=lambda m: m.revenue_minor)
     last = months[-1]
     days = f" ({_days_text(last)})" if last.partial else ""
     return (f"Revenue and orders per month, {fmt.month(months[0].month)} to "

@@ -379,6 +379,19 @@ def test_alt_texts_state_the_numbers(report, message):
     assert alts[2].startswith("Customers buying per month, first-time (new) and returning")
 
 
+def test_a_month_partly_in_the_period_is_never_the_lowest(report, parts):
+    """Were the 9-day December the weakest month, the alt text still names a full month."""
+    ctx = parts["ctx"]
+    months = list(ctx.exploration.months)
+    assert months[-1].partial and not any(m.partial for m in months[:-1])
+    months[-1] = dataclasses.replace(months[-1], revenue_minor=100)
+    lowest = min(months[:-1], key=lambda m: m.revenue_minor)
+    exploration = dataclasses.replace(ctx.exploration, months=tuple(months))
+    charts = render_charts(dataclasses.replace(ctx, exploration=exploration), report, "example.com")
+    assert f"lowest £{round(lowest.revenue_minor / 100):,} in {lowest.month:%b %Y}" in charts[1].alt
+    assert "; Dec 2011 (9 of 31 days): £1 from " in charts[1].alt
+
+
 def test_a_month_partly_in_the_period_is_explained_under_its_charts(message):
     """The last bar (9 December) is lighter; the line under both monthly charts says why."""
     html = message.get_body(("html",)).get_content()
