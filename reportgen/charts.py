@@ -15,7 +15,6 @@ Charts are sized for an A4 page (at most ~650 px wide, axes and legend included)
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 import zlib
@@ -27,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from .algorithms import UNCLUSTERED
-from .eda import Eda, month_coverage
+from .eda import Eda
 from .rfm import RfmTable
 from .segment import Segmentation, feature_matrix, find_knee
 
@@ -488,20 +487,19 @@ def grid_segment_chart(rfm: RfmTable) -> Chart:
     return (bars + text).properties(width=WIDTH - 160, height=alt.Step(18))
 
 
-def _monthly_rows(eda: Eda, digits: int, span: tuple[dt.date, dt.date]) -> list[dict]:
-    rows = []
-    for r in eda.monthly.iter_rows(named=True):
-        covered, length = month_coverage(r["month"], span)
-        rows.append({
+def _monthly_rows(eda: Eda, digits: int) -> list[dict]:
+    return [
+        {
             "month": r["month"].isoformat(),
             "revenue": _money(r["revenue_minor"], digits),
             "orders": int(r["orders"]),
             "new": int(r["new_customers"] or 0),
             "returning": int(r["returning_customers"] or 0),
-            "partial": covered < length,
-            "days": f"{covered} of {length}",
-        })  # fmt: skip
-    return rows
+            "partial": r["days_covered"] < r["days_in_month"],
+            "days": f"{r['days_covered']} of {r['days_in_month']}",
+        }
+        for r in eda.monthly.iter_rows(named=True)
+    ]
 
 
 # A month the period covers in part is drawn lighter (the caption says which and how much).
@@ -509,9 +507,9 @@ _PARTIAL_OPACITY = alt.condition("datum.partial", alt.value(0.45), alt.value(1.0
 _DAYS_TOOLTIP = alt.Tooltip("days:N", title="Days in the period")
 
 
-def monthly_chart(eda: Eda, digits: int, accent: str, span: tuple[dt.date, dt.date]) -> Chart:
-    """Revenue (bars) and orders (line) per calendar month of the period `span`."""
-    rows = _monthly_rows(eda, digits, span)
+def monthly_chart(eda: Eda, digits: int, accent: str) -> Chart:
+    """Revenue (bars) and orders (line) per calendar month."""
+    rows = _monthly_rows(eda, digits)
     tooltip = [alt.Tooltip("month:T", timeUnit="yearmonth", format="%B %Y", title="Month"),
                alt.Tooltip("revenue:Q", format="$,.0f", title="Revenue"),
                alt.Tooltip("orders:Q", format=",d", title="Orders"), _DAYS_TOOLTIP]  # fmt: skip
@@ -542,8 +540,8 @@ def _month_x(labels: bool = True) -> alt.X:
     return alt.X("month:T", timeUnit="yearmonth", title=None, axis=axis)
 
 
-def new_returning_chart(eda: Eda, span: tuple[dt.date, dt.date]) -> Chart:
-    """Customers buying each month of the period `span`: first-time buyers and returning ones."""
+def new_returning_chart(eda: Eda) -> Chart:
+    """Customers buying each month: first-time buyers and returning ones."""
     rows = [
         {
             **{k: r[k] for k in ("month", "partial", "days")},
@@ -551,7 +549,7 @@ def new_returning_chart(eda: Eda, span: tuple[dt.date, dt.date]) -> Chart:
             "customers": r[key],
             "order": i,
         }  # fmt: skip
-        for r in _monthly_rows(eda, 0, span)
+        for r in _monthly_rows(eda, 0)
         for i, (kind, key) in enumerate((("New", "new"), ("Returning", "returning")))
     ]
     return (

@@ -26,7 +26,6 @@ from altair.utils.schemapi import debug_mode
 
 from . import charts as ch
 from .algorithms import TITLES
-from .eda import month_coverage
 from .model import Report
 from .segment import FEATURE_COLUMNS, STABILITY_THRESHOLD, Segmentation, revenue_expr
 
@@ -948,7 +947,6 @@ def _quality(report: Report) -> Quality:
 
 def _exploration(report: Report) -> Exploration:
     eda, digits = report.eda, report.rfm.minor_digits
-    span = (_cover(report).period_start or report.period.as_of, report.period.as_of)
     months = tuple(
         Month(
             r["month"],
@@ -957,7 +955,8 @@ def _exploration(report: Report) -> Exploration:
             int(r["customers"] or 0),
             int(r["new_customers"] or 0),
             int(r["returning_customers"] or 0),
-            *month_coverage(r["month"], span),
+            int(r["days_covered"]),
+            int(r["days_in_month"]),
         )
         for r in eda.monthly.iter_rows(named=True)
     )
@@ -971,11 +970,11 @@ def _exploration(report: Report) -> Exploration:
         monthly_chart=_chart(
             "chart-monthly", "Revenue and orders per month",
             f"Revenue (bars) and orders (line) of the kept purchases per calendar month{partial}.",
-            ch.monthly_chart(eda, digits, accent, span)),
+            ch.monthly_chart(eda, digits, accent)),
         new_returning_chart=_chart(
             "chart-new-returning", "New and returning customers per month",
             "Customers buying in each month: first purchase ever (new) or bought before "
-            f"(returning){partial}.", ch.new_returning_chart(eda, span)),
+            f"(returning){partial}.", ch.new_returning_chart(eda)),
         distribution_chart=_chart(
             "chart-distributions", "Distributions of recency, orders and spend",
             "Customers per bin; the top 1% of each feature share the last bin.",

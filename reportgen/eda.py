@@ -35,7 +35,8 @@ def month_coverage(month: dt.date, span: tuple[dt.date, dt.date]) -> tuple[int, 
 class Eda:
     """Per calendar month of the period (kept purchase lines only)."""
 
-    # month (date, 1st), revenue_minor, orders, customers, new_customers, returning_customers
+    # month (date, 1st), revenue_minor, orders, customers, new_customers, returning_customers,
+    # days_covered (the month's days within the period), days_in_month
     monthly: pl.DataFrame
 
 
@@ -139,8 +140,11 @@ def monthly_table(months: pl.DataFrame, customers: pl.DataFrame) -> pl.DataFrame
     )
 
 
-def build_eda(results: dict[str, pl.DataFrame], cleaned: Cleaned) -> Eda:
-    """Assemble the EDA tables from the collected queries."""
+def build_eda(
+    results: dict[str, pl.DataFrame], cleaned: Cleaned, span: tuple[dt.date, dt.date]
+) -> Eda:
+    """Assemble the EDA tables from the collected queries; `span`: the period's first and last
+    day, to tell the months it covers only in part."""
     months = results["eda_months"]
     split = int(months["_split_orders"].sum()) if "_split_orders" in months.columns else 0
     if split:  # rare: one more pass, over the purchase lines
@@ -150,4 +154,10 @@ def build_eda(results: dict[str, pl.DataFrame], cleaned: Cleaned) -> Eda:
     monthly = monthly_table(months, results["rfm"]).with_columns(
         (pl.col("customers") - pl.col("new_customers")).alias("returning_customers")
     )
-    return Eda(monthly=monthly)
+    coverage = [month_coverage(month, span) for month in monthly["month"]]
+    return Eda(
+        monthly=monthly.with_columns(
+            pl.Series("days_covered", [c for c, _ in coverage], dtype=pl.Int32),
+            pl.Series("days_in_month", [n for _, n in coverage], dtype=pl.Int32),
+        )
+    )

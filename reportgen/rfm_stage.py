@@ -95,8 +95,9 @@ def _rfm_stage_from(
     rfm = finish_rfm(results["rfm"], config.rfm, segment_map, digits, period.window_start)
     _check_not_empty(audit, rfm)
     purchases = {k: results[k] for k in (PAIRS_QUERY, PRODUCTS_QUERY) if k in results}
-    return RfmStage(cleaned.transactions.source, period, audit, build_eda(results, cleaned), rfm,
-                    segment_map, purchases, representation_frames(results))  # fmt: skip
+    span = (period.window_start or audit.first_date or period.as_of, period.as_of)
+    return RfmStage(cleaned.transactions.source, period, audit, build_eda(results, cleaned, span),
+                    rfm, segment_map, purchases, representation_frames(results))  # fmt: skip
 
 
 def quiet(_: str) -> None:

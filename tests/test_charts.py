@@ -123,11 +123,10 @@ def test_every_chart_is_valid_vega_lite_with_inline_bounded_data(report):
         assert '"url"' not in text, chart.id
         assert _data_rows(chart.spec) <= 2 * ch.MAX_POINTS, chart.id
     seg = report.segmentation
-    span = (dt.date(2023, 1, 15), report.period.as_of)
     for build in (lambda: ch.scatter_chart(report.rfm, seg, 1), lambda: ch.elbow_chart(seg),
                   lambda: ch.silhouette_samples_chart(seg),
-                  lambda: ch.monthly_chart(report.eda, 2, "#123456", span),
-                  lambda: ch.new_returning_chart(report.eda, span)):  # fmt: skip
+                  lambda: ch.monthly_chart(report.eda, 2, "#123456"),
+                  lambda: ch.new_returning_chart(report.eda)):  # fmt: skip
         ch.to_spec(build(), validate=True)  # raises on a schema error
 
 
