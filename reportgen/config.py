@@ -173,6 +173,11 @@ class ColumnMap(_Section):
             )
         return self
 
+    def price_parts(self) -> tuple[str, str]:
+        """The quantity and unit price columns, for a map without `amount` (validated above)."""
+        assert self.quantity and self.unit_price, "both are mapped when amount is not"
+        return self.quantity, self.unit_price
+
     def mapped(self) -> dict[str, str]:
         """Canonical name -> source column, for the mapped fields only."""
         return {k: v for k, v in self.model_dump().items() if v is not None}

@@ -488,9 +488,9 @@ def _amount_exprs(cols: ColumnMap, schema: pl.Schema, digits: int, decimal: str)
         scaled = (amount * 10**_PRICE_SCALE).round(0)
         minor = _round_half_even_whole_float(scaled, _PRICE_SCALE - digits)
     else:
-        assert cols.quantity and cols.unit_price, "ColumnMap requires both without an amount"
-        quantity, bad_q = _number(cols.quantity, schema, decimal)
-        unit_price, bad_p = _number(cols.unit_price, schema, decimal)
+        quantity_column, price_column = cols.price_parts()
+        quantity, bad_q = _number(quantity_column, schema, decimal)
+        unit_price, bad_p = _number(price_column, schema, decimal)
         amount, bad = quantity * unit_price, bad_q | bad_p
         exact = _fixed(quantity, _QUANTITY_SCALE) * _fixed(unit_price, _PRICE_SCALE)
         minor = _round_half_even(exact, _QUANTITY_SCALE + _PRICE_SCALE - digits)

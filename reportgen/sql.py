@@ -443,9 +443,9 @@ def _exact_amount(src: SqlSource) -> str:
     cols, schema = src.columns, src.schema
     if cols.amount is not None:
         return _fixed(_q(cols.amount), schema[cols.amount], PRICE_SCALE)
-    assert cols.quantity and cols.unit_price, "ColumnMap requires both without an amount"
-    quantity = _fixed(_q(cols.quantity), schema[cols.quantity], QUANTITY_SCALE)
-    price = _fixed(_q(cols.unit_price), schema[cols.unit_price], PRICE_SCALE)
+    quantity_column, price_column = cols.price_parts()
+    quantity = _fixed(_q(quantity_column), schema[quantity_column], QUANTITY_SCALE)
+    price = _fixed(_q(price_column), schema[price_column], PRICE_SCALE)
     return f"({quantity}) * ({price})"
 
 
@@ -470,8 +470,8 @@ def _not_positive(src: SqlSource) -> str:
     if cols.amount is not None:
         test = f"{_q(cols.amount)} <= 0"
     else:
-        assert cols.quantity and cols.unit_price, "ColumnMap requires both without an amount"
-        test = f"{_q(cols.quantity)} <= 0 OR {_q(cols.unit_price)} <= 0"
+        quantity_column, price_column = cols.price_parts()
+        test = f"{_q(quantity_column)} <= 0 OR {_q(price_column)} <= 0"
     return f"CASE WHEN {test} THEN 1 ELSE 0 END"
 
 
