@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import reportgen
+from reportgen import clean
+from reportgen.read import sample_data_path
 from reportgen.rfm_stage import compute_rfm_stage
 
 # line 2..11 of the file; the expected verdicts are in the comments (duplicates: all / subset)
@@ -85,3 +88,30 @@ def test_without_the_rule_every_copy_counts(tmp_path: Path, duplicates: str) -> 
     stage = _stage(tmp_path, duplicates)
     assert "duplicate" not in _rules(stage)
     assert stage.rfm.frame.filter(customer_id="C1")["monetary_minor"].item() == 3000
+
+
+@pytest.mark.parametrize("period", [{}, {"as_of": "2010-12-20", "window_days": 10}])
+def test_csv_parsed_once_gives_what_two_reads_give(tmp_path: Path, monkeypatch, period) -> None:
+    """A small CSV source is parsed once and both passes read it from memory; the audit (with
+    its example lines), the months and the RFM table equal those of reading the file twice."""
+    rows = pl.read_parquet(sample_data_path("online_retail"), n_rows=60_000)
+    rows.write_csv(tmp_path / "t.csv", datetime_format="%Y-%m-%d %H:%M:%S")
+    columns = {"customer_id": "CustomerID", "order_id": "InvoiceNo", "order_date": "InvoiceDate",
+               "amount": None, "quantity": "Quantity", "unit_price": "UnitPrice"}  # fmt: skip
+    config = reportgen.config_from_dict(
+        {"input": {"path": "t.csv", "columns": columns, "attributes": ["Country"]},
+         "period": period, "cleaning": {"returns": "net"}},
+        base_dir=tmp_path,
+    )  # fmt: skip
+    parsed_once = []
+    real = clean._parse_once
+    monkeypatch.setattr(clean, "_parse_once", lambda tx: parsed_once.append(real(tx)) or real(tx))
+    once = compute_rfm_stage(config)
+    monkeypatch.setattr(clean, "CSV_PARSED_ONCE_MAX_BYTES", 0)
+    twice = compute_rfm_stage(config)
+    assert parsed_once == [True, False]
+    assert once.audit == twice.audit and once.period == twice.period
+    assert once.eda.monthly.equals(twice.eda.monthly)
+    assert once.rfm.frame.equals(twice.rfm.frame)
+    assert {r.rule for r in once.audit.rules if r.rows} >= {"duplicate", "missing_customer_id"}
+    assert once.audit.returns_netted_rows > 0
