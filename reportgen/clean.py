@@ -15,7 +15,6 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import polars as pl
 
@@ -43,6 +42,9 @@ CANDIDATE = "_candidate"  # the row's hash occurs more than once: it may be a du
 REASON_DTYPE = pl.Enum(list(RULES))
 IS_RETURN = "_is_return"
 AS_OF = "_as_of"
+
+
+_NO_KEYS = pl.Series("key", [], dtype=pl.UInt64)  # row keys: see `_row_key`
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class CleaningAudit:
 
 @dataclass(frozen=True)
 class Cleaned:
-    """The annotated lazy frame: every row read, with `_reason`, `_is_return` and `_as_of`.
+    """The annotated lazy frame: every row read, with `_reason`, `_is_return` and `_as_of`, and
+    what the first pass found: the rows read, the value checks and the example rows' keys.
 
     Until `with_duplicates` names the exact duplicates, `_reason` judges every row by the other
     rules and `_candidate` marks the rows whose hash occurs more than once (the only rows that
@@ -97,7 +100,9 @@ class Cleaned:
     as_of: dt.date | None = None  # None when `latest` found no clean purchase
     compared: tuple[str, ...] | None = None  # the columns the duplicate rule compares (None: off)
     whole_rows: bool = True  # it compares every column, so a copy is in its original's group
-    rows_read: int | None = None  # when the first pass counted them
+    rows_read: int = 0
+    checks: pl.DataFrame = field(default_factory=pl.DataFrame)  # one row: see `_checks`
+    shown_keys: pl.Series = field(default_factory=lambda: _NO_KEYS)  # the example rows' keys
 
     def with_duplicates(self, keys: pl.Series) -> Cleaned:
         """The frame with the duplicate rule applied: `keys` are the row keys of the copies."""
@@ -113,13 +118,13 @@ class Cleaned:
 def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> Cleaned:
     """Add the cleaning decision of every row (lazily) and the period's `as_of`.
 
-    Two things need the whole table before a row can be judged: which rows are duplicates and,
-    for `as_of: latest`, the last clean purchase. A first pass (`_first_pass`) finds the latter
-    and the hash values that occur more than once; the frame returned then judges every row from
-    its own values and literals, so it streams whatever the size of the input. The duplicates
-    among the candidates are settled exactly after the main pass (`settle_duplicates`).
-    A CSV source of up to `CSV_PARSED_ONCE_MAX_BYTES` is parsed once, here, and both passes
-    read the rows from memory.
+    Some things need the whole table before a row can be judged or shown: which rows are
+    duplicates, for `as_of: latest` the last clean purchase, and which rows are the first of
+    each rule. A first pass (`_first_pass`) finds them with the value checks; the frame
+    returned then judges every row from its own values and literals, so it streams whatever the
+    size of the input. The duplicates among the candidates are settled exactly after the main
+    pass (`settle_duplicates`). A CSV source of up to `CSV_PARSED_ONCE_MAX_BYTES` is parsed
+    once, here, and both passes read the rows from memory.
     """
     frame = tx.frame.with_columns(
         pl.col("order_ts").dt.date().alias("order_date"),
@@ -129,10 +134,13 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
     if _parse_once(tx):
         frame = frame.collect().lazy()
     compared = _compared_row(tx, cfg)
-    candidates, latest, rows_read = _first_pass(frame, compared, latest=period.as_of is None)
+    first = _first_pass(frame, compared)
     # Copies of a row share its content, so the duplicates could not move `latest`.
-    as_of = period.as_of if period.as_of is not None else latest
-    candidate = _row_key().is_in(candidates.implode()) if len(candidates) else pl.lit(False)
+    as_of = period.as_of if period.as_of is not None else first.latest
+    shown = first.shown_keys(as_of, period.window_days, cfg.examples_per_rule)
+    candidate = (
+        _row_key().is_in(first.candidates.implode()) if len(first.candidates) else pl.lit(False)
+    )
     frame = frame.with_columns(
         pl.lit(as_of, dtype=pl.Date).alias(AS_OF), candidate.alias(CANDIDATE)
     )
@@ -140,7 +148,7 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
         pl.coalesce(pl.col(REASON), _period_reason(period.window_days)).alias(REASON)
     )
     return Cleaned(frame, tx, period.window_days, as_of, compared, cfg.duplicates == "all",
-                   rows_read)  # fmt: skip
+                   first.rows, first.checks, shown)  # fmt: skip
 
 
 # Parsing CSV text costs more than the rest of a pass (10M rows, 421 MB: the first pass took
@@ -190,31 +198,54 @@ def _row_hash(columns: tuple[str, ...]) -> pl.Expr:
 
 
 _MIX = pl.lit(0x9E3779B97F4A7C15, dtype=pl.UInt64)  # odd: multiplying by it loses no bits
-_NO_KEYS = pl.Series("key", [], dtype=pl.UInt64)
 
 
-def _first_pass(
-    frame: pl.LazyFrame, compared: tuple[str, ...] | None, latest: bool
-) -> tuple[pl.Series, dt.date | None, int | None]:
-    """One read of the rows for what must be known before judging them: the row keys of the
-    duplicate candidates (rows whose hash occurs more than once: sorting 8-byte hashes is far
-    cheaper than grouping whole rows), for `as_of: latest` the last day with a purchase that
-    survives the content rules, and how many rows there are (None when the pass is not needed)."""
-    survivor = pl.col(REASON).is_null() & ~pl.col(IS_RETURN)
-    if compared is None:
-        if not latest:
-            return _NO_KEYS, None, None
-        found = frame.select(pl.col("order_date").filter(survivor).max(), pl.len()).collect()
-        return _NO_KEYS, found.item(0, 0), found.item(0, 1)
-    columns = [_row_hash(compared).alias("_hash"), _row_key().alias("_key")]
-    if latest:  # a column, not its max, so that one select reads the rows once
-        columns.append(pl.when(survivor).then(pl.col("order_date")).alias("_day"))
+@dataclass(frozen=True)
+class FirstPass:
+    """What one read of every row tells before the rows can be judged and shown."""
+
+    candidates: pl.Series  # row keys of the rows whose hash occurs more than once
+    latest: dt.date | None  # the last day with a purchase the content rules keep
+    rows: int
+    checks: pl.DataFrame  # one row: see `_checks`
+    judged: pl.DataFrame  # per row: its key, content rule, day and return flag
+
+    def shown_keys(
+        self, as_of: dt.date | None, window_days: int | None, per_rule: int
+    ) -> pl.Series:
+        """The keys of the rows each rule shows as examples: its first rows in the file, except
+        duplicate candidates (`settle_duplicates` shows those it drops)."""
+        judged = self.judged.lazy().with_columns(pl.lit(as_of, dtype=pl.Date).alias(AS_OF))
+        if len(self.candidates):
+            judged = judged.filter(~pl.col("_key").is_in(self.candidates.implode()))
+        reason = pl.coalesce(pl.col(REASON), _period_reason(window_days))
+        shown = (
+            judged.filter(reason.is_not_null())
+            .group_by(reason.alias(REASON))
+            .agg(pl.col("_key").bottom_k(per_rule))
+        )
+        return shown.collect()["_key"].explode().drop_nulls().rename("key")
+
+
+def _first_pass(frame: pl.LazyFrame, compared: tuple[str, ...] | None) -> FirstPass:
+    """One read of the rows: their hashes give the duplicate candidates (rows whose hash occurs
+    more than once: sorting 8-byte hashes is far cheaper than grouping whole rows); each row's
+    content rule, day and return flag give `latest` and the example rows; flags give the value
+    checks. What is kept per row takes about 14 bytes (22 while the hashes are sorted)."""
+    columns = [
+        _row_key().alias("_key"), REASON, "order_date", IS_RETURN, *_CHECKED_PER_ROW,
+        *([_row_hash(compared).alias("_hash")] if compared is not None else []),
+    ]  # fmt: skip
     read = frame.select(columns).collect()
-    hashes = read["_hash"].sort()
-    repeated = hashes.filter(hashes == hashes.shift(1)).unique()
-    candidates = read.filter(pl.col("_hash").is_in(repeated.implode()))["_key"]
-    day = cast("dt.date | None", read["_day"].max()) if latest else None
-    return candidates, day, read.height
+    candidates = _NO_KEYS
+    if compared is not None:
+        hashes = read["_hash"].sort()
+        repeated = hashes.filter(hashes == hashes.shift(1)).unique()
+        candidates = read.filter(pl.col("_hash").is_in(repeated.implode()))["_key"]
+    survivor = pl.col(REASON).is_null() & ~pl.col(IS_RETURN)
+    latest = read.select(pl.col("order_date").filter(survivor).max()).item()
+    judged = read.select("_key", REASON, "order_date", IS_RETURN)
+    return FirstPass(candidates, latest, read.height, _checks(read), judged)
 
 
 def _row_key() -> pl.Expr:
@@ -281,15 +312,14 @@ def _group_keys(cleaned: Cleaned) -> list[str]:
 _SHOWN = [FILE, ROW, "customer_id", "order_id", "order_ts", "amount_minor"]  # in examples
 
 
-def candidates_queries(cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
-    """The duplicate candidates with what settling them needs: their content, group and example
-    ({} when the duplicate rule is off)."""
-    if cleaned.compared is None:
-        return {}
+def shown_and_candidates_query(cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
+    """The rows read again: the example rows (`Cleaned.shown_keys`) and the duplicate
+    candidates, with what settling the candidates needs: their content, group and example."""
     columns = dict.fromkeys([*_group_keys(cleaned), *_SHOWN, *cleaned.transactions.attributes])
-    rows = cleaned.frame.filter(pl.col(CANDIDATE))
-    content = pl.struct(*cleaned.compared).alias("_content")
-    return {"candidates": rows.select(*columns, content)}
+    shown = _row_key().is_in(cleaned.shown_keys.implode())
+    rows = cleaned.frame.filter(pl.col(CANDIDATE) | shown)
+    content = [pl.struct(*cleaned.compared).alias("_content")] if cleaned.compared else []
+    return {"shown_and_candidates": rows.select(*columns, CANDIDATE, *content)}
 
 
 def settle_duplicates(
@@ -303,7 +333,9 @@ def settle_duplicates(
     "groups" may then hold several rows per group key, to be summed). Returns the cleaning
     with the duplicates applied to its frame, for queries that read the rows again.
     """
-    candidates = results.pop("candidates", pl.DataFrame())
+    fetched = results.pop("shown_and_candidates")
+    results["examples"] = fetched.filter(~pl.col(CANDIDATE)).select(REASON, *_SHOWN)
+    candidates = fetched.filter(pl.col(CANDIDATE))
     if candidates.is_empty():
         return cleaned.with_duplicates(_NO_KEYS)
     candidates = candidates.sort(FILE, ROW)
@@ -378,29 +410,29 @@ def group_audit_queries(cleaned: Cleaned, groups: pl.LazyFrame) -> dict[str, pl.
     return {"by_rule": by_rule, "counted": counted}
 
 
-def row_audit_queries(cleaned: Cleaned, examples_per_rule: int) -> dict[str, pl.LazyFrame]:
-    """The audit's value checks and example rows, from the rows."""
-    frame = cleaned.frame
-    checks = frame.select(
-        *[pl.col(c).null_count().alias(f"missing:{c}") for c in _MISSING_TRACKED],
+_MISSING_TRACKED = ("customer_id", "order_id", "order_ts", "amount_minor", "product_id")
+# the per-row flags `_checks` counts, read in the first pass (a bit each; the currency is a
+# category, 4 bytes, and a constant when no currency column is mapped)
+_CHECKED_PER_ROW = [
+    *[pl.col(c).is_null().alias(f"missing:{c}") for c in _MISSING_TRACKED],
+    "_bad_id", "_bad_amount", "_bad_date", "_zoned",
+    pl.col("currency").cast(pl.Categorical).alias("currency"),
+]  # fmt: skip
+
+
+def _checks(read: pl.DataFrame) -> pl.DataFrame:
+    """The audit's value checks: missing values, values that do not parse, time zones mixed
+    with naive times, the currencies."""
+    return read.select(
+        *[pl.col(f"missing:{c}").sum().alias(f"missing:{c}") for c in _MISSING_TRACKED],
         pl.col("_bad_id").sum().alias("bad_ids"),
         pl.col("_bad_amount").sum().alias("bad_amounts"),
         pl.col("_bad_date").sum().alias("bad_dates"),
         pl.col("_zoned").filter(pl.col("_zoned")).len().alias("zoned"),
         pl.col("_zoned").filter(~pl.col("_zoned")).len().alias("naive"),
-        pl.col("currency").drop_nulls().unique().sort().head(5).implode().alias("currencies"),
-    )
-    examples = (
-        frame.filter(pl.col(REASON).is_not_null() & ~pl.col(CANDIDATE))
-        .group_by(REASON)
-        .agg(pl.col(c).bottom_k_by([FILE, ROW], examples_per_rule) for c in _SHOWN)
-        .explode(_SHOWN)
-        .select(REASON, *_SHOWN)
-    )
-    return {"checks": checks, "examples": examples}
-
-
-_MISSING_TRACKED = ("customer_id", "order_id", "order_ts", "amount_minor", "product_id")
+        pl.col("currency").drop_nulls().unique().cast(pl.String).sort().head(5).implode()
+        .alias("currencies"),
+    )  # fmt: skip
 
 
 def _kept_before(as_of: dt.date | None) -> pl.Expr:

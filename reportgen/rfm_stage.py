@@ -20,11 +20,10 @@ from .clean import (
     CleaningAudit,
     annotate,
     build_audit,
-    candidates_queries,
     group_audit_queries,
     line_groups,
-    row_audit_queries,
     settle_duplicates,
+    shown_and_candidates_query,
 )
 from .config import Config
 from .eda import Eda, build_eda, month_totals
@@ -107,14 +106,15 @@ def quiet(_: str) -> None:
 def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame], Cleaned]:
     """Everything read from the transactions: the rows grouped, then the aggregates.
 
-    One query groups the rows (clean.line_groups); the others take what only the rows have:
-    value checks, example rows and the duplicate candidates, which are then settled. They
-    share one scan of the rows (`_collect_rows`). The audit counts, RFM and the monthly EDA
-    come from the groups. Returns the frames and the cleaning with its duplicates known.
+    The first pass (clean.annotate) found the duplicate candidates, the value checks and the
+    example rows. Here one query groups the rows (clean.line_groups) and another reads the
+    candidates and the example rows again, sharing one scan (`_collect_rows`); the candidates
+    are then settled. The audit counts, RFM and the monthly EDA come from the groups. Returns
+    the frames and the cleaning with its duplicates known.
     """
     examples = config.cleaning.examples_per_rule
-    first = {"groups": line_groups(cleaned)} | row_audit_queries(cleaned, examples)
-    results = _collect_rows(first | candidates_queries(cleaned), cleaned)
+    queries = {"groups": line_groups(cleaned)} | shown_and_candidates_query(cleaned)
+    results = _collect_rows(queries, cleaned) | {"checks": cleaned.checks}
     cleaned = settle_duplicates(cleaned, results, examples)
     lines = graph_queries(cleaned, config) | representation_queries(cleaned, config)
     if lines:  # graph.enabled or features: extended read the purchase lines again
@@ -153,7 +153,7 @@ SHARED_SCAN_MAX_ROWS = 15_000_000
 
 
 def _collect_rows(queries: dict[str, pl.LazyFrame], cleaned: Cleaned) -> dict[str, pl.DataFrame]:
-    if cleaned.rows_read is not None and cleaned.rows_read > SHARED_SCAN_MAX_ROWS:
+    if cleaned.rows_read > SHARED_SCAN_MAX_ROWS:
         return {name: query.collect() for name, query in queries.items()}
     return _collect_all(queries)
 

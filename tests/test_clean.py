@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 import reportgen
-from reportgen import clean
+from reportgen import clean, rfm_stage
 from reportgen.read import sample_data_path
 from reportgen.rfm_stage import compute_rfm_stage
 
@@ -115,3 +115,16 @@ def test_csv_parsed_once_gives_what_two_reads_give(tmp_path: Path, monkeypatch, 
     assert once.rfm.frame.equals(twice.rfm.frame)
     assert {r.rule for r in once.audit.rules if r.rows} >= {"duplicate", "missing_customer_id"}
     assert once.audit.returns_netted_rows > 0
+
+
+def test_the_large_input_path_gives_the_same_stage(monkeypatch, shipped_config_path) -> None:
+    """Past SHARED_SCAN_MAX_ROWS the queries over the rows stream one at a time: the audit (with
+    its example lines), the months and the RFM table of the sample are unchanged."""
+    config = reportgen.load_config(shipped_config_path)
+    shared = compute_rfm_stage(config)
+    monkeypatch.setattr(rfm_stage, "SHARED_SCAN_MAX_ROWS", 0)
+    streamed = compute_rfm_stage(config)
+    assert streamed.audit == shared.audit and streamed.period == shared.period
+    assert streamed.eda.monthly.equals(shared.eda.monthly)
+    assert streamed.rfm.frame.equals(shared.rfm.frame)
+    assert all(r.examples for r in shared.audit.rules if r.rows)
