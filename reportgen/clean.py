@@ -103,6 +103,7 @@ class Cleaned:
     rows_read: int = 0
     checks: pl.DataFrame = field(default_factory=pl.DataFrame)  # one row: see `_checks`
     shown_keys: pl.Series = field(default_factory=lambda: _NO_KEYS)  # the example rows' keys
+    candidate_keys: pl.Series = field(default_factory=lambda: _NO_KEYS)  # see `_candidate`
 
     def with_duplicates(self, keys: pl.Series) -> Cleaned:
         """The frame with the duplicate rule applied: `keys` are the row keys of the copies."""
@@ -148,7 +149,7 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
         pl.coalesce(pl.col(REASON), _period_reason(period.window_days)).alias(REASON)
     )
     return Cleaned(frame, tx, period.window_days, as_of, compared, cfg.duplicates == "all",
-                   first.rows, first.checks, shown)  # fmt: skip
+                   first.rows, first.checks, shown, first.candidates)  # fmt: skip
 
 
 # Parsing CSV text costs more than the rest of a pass (10M rows, 421 MB: the first pass took
@@ -316,8 +317,9 @@ def shown_and_candidates_query(cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
     """The rows read again: the example rows (`Cleaned.shown_keys`) and the duplicate
     candidates, with what settling the candidates needs: their content, group and example."""
     columns = dict.fromkeys([*_group_keys(cleaned), *_SHOWN, *cleaned.transactions.attributes])
-    shown = _row_key().is_in(cleaned.shown_keys.implode())
-    rows = cleaned.frame.filter(pl.col(CANDIDATE) | shown)
+    keys = pl.concat([cleaned.shown_keys, cleaned.candidate_keys.rename("key")])
+    # on the key alone, so that polars filters the rows before it judges them
+    rows = cleaned.frame.filter(_row_key().is_in(keys.implode()))
     content = [pl.struct(*cleaned.compared).alias("_content")] if cleaned.compared else []
     return {"shown_and_candidates": rows.select(*columns, CANDIDATE, *content)}
 
