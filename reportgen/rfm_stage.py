@@ -76,8 +76,9 @@ def compute_rfm_stage(
         stage("Cleaning and computing RFM")
         try:
             with _read_errors(tx.source, config):
-                results, cleaned = _collect(annotate(tx, config.cleaning, request), config)
-            _check_input(results["totals"].row(0, named=True), cleaned, config)
+                cleaned = annotate(tx, config.cleaning, request)
+                _check_input(cleaned, config)  # after the first of the two reads
+                results, cleaned = _collect(cleaned, config)
         finally:
             tx.release()
     return _rfm_stage_from(results, cleaned, request, config, segment_map)
@@ -177,11 +178,13 @@ def _read_errors(source: Source, config: Config) -> Iterator[None]:
         raise InputDataError(f"{source.location}: {exc}") from None
 
 
-def _check_input(totals: dict, cleaned: Cleaned, config: Config) -> None:
-    """Values that make the data unusable as configured: stop and show where they are."""
+def _check_input(cleaned: Cleaned, config: Config) -> None:
+    """Values that make the data unusable as configured (the first pass's checks): stop and show
+    where they are."""
     cols = config.input.columns
     count = _counted
-    if totals["rows"] == 0:
+    totals = cleaned.checks.row(0, named=True)
+    if cleaned.rows_read == 0:
         raise InputDataError(f"{cleaned.transactions.source.location}: the table has no rows")
     if totals["bad_ids"]:
         _raise_with_rows(
