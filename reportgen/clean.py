@@ -232,7 +232,7 @@ def _first_pass(frame: pl.LazyFrame, compared: tuple[str, ...] | None) -> FirstP
     """One read of the rows: their hashes give the duplicate candidates (rows whose hash occurs
     more than once: sorting 8-byte hashes is far cheaper than grouping whole rows); each row's
     content rule, day and return flag give `latest` and the example rows; flags give the value
-    checks. What is kept per row takes about 14 bytes (22 while the hashes are sorted)."""
+    checks. About 14 bytes a row are kept (about 30 while the hashes are sorted)."""
     columns = [
         _row_key().alias("_key"), REASON, "order_date", IS_RETURN, *_CHECKED_PER_ROW,
         *([_row_hash(compared).alias("_hash")] if compared is not None else []),
