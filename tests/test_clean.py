@@ -2,7 +2,8 @@
 
 The engine counts every row in its group first and moves the copies out afterwards
 (clean.settle_duplicates); these hand-made tables check the counts, the example lines and the
-attribute values against what the rules say row by row.
+attribute values against what the rules say row by row. The engine's other paths (a CSV parsed
+once and held in memory, the line queries streamed one at a time) must give the same stage.
 """
 
 from __future__ import annotations
