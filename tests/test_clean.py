@@ -135,3 +135,27 @@ def test_the_large_input_path_gives_the_same_stage(monkeypatch, shipped_config_p
         assert other.sort(other.columns).equals(frame.sort(frame.columns)), name
     assert streamed.audit == shared.audit
     assert streamed.rfm.frame.equals(shared.rfm.frame)
+
+
+@pytest.mark.parametrize("duplicates", ["all", SUBSET])
+def test_rows_grouped_in_slices_of_customers_give_the_same_stage(
+    tmp_path: Path, monkeypatch, duplicates
+) -> None:
+    """Past GROUPBY_SLICE_ROWS the rows are grouped a slice of customers at a time (three here,
+    with guest rows and copies among them): the audit and the RFM table are unchanged."""
+    whole = _stage(tmp_path, duplicates)
+    monkeypatch.setattr(rfm_stage, "GROUPBY_SLICE_ROWS", 4)
+    sliced = _stage(tmp_path, duplicates)
+    assert sliced.audit == whole.audit
+    assert sliced.rfm.frame.equals(whole.rfm.frame)
+    assert sliced.eda.monthly.equals(whole.eda.monthly)
+
+
+def test_sample_rows_grouped_in_slices_give_the_same_stage(monkeypatch, shipped_config_path):
+    config = reportgen.load_config(shipped_config_path)
+    whole = compute_rfm_stage(config)
+    monkeypatch.setattr(rfm_stage, "GROUPBY_SLICE_ROWS", 100_000)  # six slices
+    sliced = compute_rfm_stage(config)
+    assert sliced.audit == whole.audit
+    assert sliced.rfm.frame.equals(whole.rfm.frame)
+    assert sliced.eda.monthly.equals(whole.eda.monthly)
