@@ -313,7 +313,7 @@ def _group_keys(cleaned: Cleaned) -> list[str]:
 _SHOWN = [FILE, ROW, "customer_id", "order_id", "order_ts", "amount_minor"]  # in examples
 
 
-def shown_and_candidates_query(cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
+def shown_and_candidates_query(cleaned: Cleaned) -> pl.LazyFrame:
     """The rows read again: the example rows (`Cleaned.shown_keys`) and the duplicate
     candidates, with what settling the candidates needs: their content, group and example."""
     columns = dict.fromkeys([*_group_keys(cleaned), *_SHOWN, *cleaned.transactions.attributes])
@@ -321,21 +321,22 @@ def shown_and_candidates_query(cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
     # on the key alone, so that polars filters the rows before it judges them
     rows = cleaned.frame.filter(_row_key().is_in(keys.implode()))
     content = [pl.struct(*cleaned.compared).alias("_content")] if cleaned.compared else []
-    return {"shown_and_candidates": rows.select(*columns, CANDIDATE, *content)}
+    return rows.select(*columns, CANDIDATE, *content)
 
 
 def settle_duplicates(
-    cleaned: Cleaned, results: dict[str, pl.DataFrame], examples_per_rule: int
-) -> Cleaned:
+    cleaned: Cleaned, fetched: pl.DataFrame, results: dict[str, pl.DataFrame],
+    examples_per_rule: int,
+) -> Cleaned:  # fmt: skip
     """Find the exact duplicates among the candidates and move them to their own rule.
 
-    A copy is a candidate equal to an earlier candidate in every compared column (compared
-    exactly, so a hash collision can never drop a row). Their rows and money are taken out of
-    their groups and counted as duplicates (`results` "groups" and "examples" are updated;
-    "groups" may then hold several rows per group key, to be summed). Returns the cleaning
-    with the duplicates applied to its frame, for queries that read the rows again.
+    `fetched` is `shown_and_candidates_query` collected. A copy is a candidate equal to an
+    earlier candidate in every compared column (compared exactly, so a hash collision can never
+    drop a row). Their rows and money are taken out of their groups and counted as duplicates
+    (`results` "groups" is updated and "examples" set; "groups" may then hold several rows per
+    group key, to be summed). Returns the cleaning with the duplicates applied to its frame,
+    for queries that read the rows again.
     """
-    fetched = results.pop("shown_and_candidates")
     results["examples"] = fetched.filter(~pl.col(CANDIDATE)).select(REASON, *_SHOWN)
     candidates = fetched.filter(pl.col(CANDIDATE))
     if candidates.is_empty():

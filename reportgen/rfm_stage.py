@@ -117,11 +117,9 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
     # One query at a time: the second filters the rows by key as it reads them (10M rows:
     # 0.2 s), so sharing a scan with the first (pl.collect_all) would save nothing and hold
     # every row's columns meanwhile (10M rows: a peak of 1.4 GB instead of 0.8 GB).
-    results = {"groups": _grouped_lines(cleaned), "checks": cleaned.checks}
-    results |= {
-        name: query.collect() for name, query in shown_and_candidates_query(cleaned).items()
-    }
-    cleaned = settle_duplicates(cleaned, results, examples)
+    results = {"groups": _grouped_lines(cleaned)}
+    fetched = shown_and_candidates_query(cleaned).collect()
+    cleaned = settle_duplicates(cleaned, fetched, results, examples)
     lines = graph_queries(cleaned, config) | representation_queries(cleaned, config)
     if lines:  # graph.enabled or features: extended read the purchase lines again
         results |= _collect_rows(lines, cleaned)
@@ -132,7 +130,7 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
     del groups  # 50M rows: 17M groups (0.6 GB) freed before the customers and months are counted
     results["rfm"] = rfm_query(orders.lazy(), cleaned).collect()
     results["eda_months"] = month_totals(orders, cleaned, slices)
-    results["totals"] = pl.concat([results.pop("counted"), results.pop("checks")], how="horizontal")
+    results["totals"] = pl.concat([results.pop("counted"), cleaned.checks], how="horizontal")
     return results, cleaned
 
 
@@ -144,17 +142,13 @@ GROUPBY_SLICE_ROWS = 25_000_000
 
 
 def _grouped_lines(cleaned: Cleaned) -> pl.DataFrame:
-    """clean.line_groups, a slice of customers at a time past GROUPBY_SLICE_ROWS rows (a group
-    holds one customer's rows, so the slices share no group)."""
+    """clean.line_groups, a slice of customers at a time past GROUPBY_SLICE_ROWS rows."""
     slices = -(-cleaned.rows_read // GROUPBY_SLICE_ROWS)
-    if slices <= 1:
-        return line_groups(cleaned).collect()
-    in_slice = pl.col("customer_id").hash(seed=0) % slices
-    return pl.concat(
-        line_groups(dataclasses.replace(cleaned, frame=cleaned.frame.filter(in_slice == i)))
-        .collect()
-        for i in range(slices)
-    )  # fmt: skip
+
+    def grouped(rows: pl.LazyFrame) -> pl.LazyFrame:
+        return line_groups(dataclasses.replace(cleaned, frame=rows))
+
+    return _by_customer_slices(cleaned.frame, slices, grouped)
 
 
 # The per-order aggregates of a large input are computed for a slice of the customers at a time
@@ -165,12 +159,18 @@ SLICE_GROUPS = 4_000_000
 
 def _orders(groups: pl.DataFrame, cleaned: Cleaned, slices: int) -> pl.DataFrame:
     """rfm.order_query over `groups`, a slice of customers at a time (their orders stay whole)."""
+    return _by_customer_slices(groups.lazy(), slices, lambda rows: order_query(rows, cleaned))
+
+
+def _by_customer_slices(
+    frame: pl.LazyFrame, slices: int, query: Callable[[pl.LazyFrame], pl.LazyFrame]
+) -> pl.DataFrame:
+    """`query` over `frame`, collected for one slice of the customers at a time and stacked:
+    each result row belongs to one customer, so the slices' results never overlap."""
     if slices <= 1:
-        return order_query(groups.lazy(), cleaned).collect()
+        return query(frame).collect()
     in_slice = pl.col("customer_id").hash(seed=0) % slices
-    return pl.concat(
-        order_query(groups.lazy().filter(in_slice == i), cleaned).collect() for i in range(slices)
-    )
+    return pl.concat(query(frame.filter(in_slice == i)).collect() for i in range(slices))
 
 
 # The queries over the purchase lines (graph.enabled, representation.features: extended)
