@@ -20,6 +20,7 @@ from .clean import (
     CleaningAudit,
     annotate,
     build_audit,
+    first_pass_groups,
     group_audit_queries,
     line_groups,
     settle_duplicates,
@@ -108,8 +109,9 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
     """Everything read from the transactions: the rows grouped, then the aggregates.
 
     The first pass (clean.annotate) found the duplicate candidates, the value checks and the
-    example rows. Here one query groups the rows (clean.line_groups) and another reads the
-    candidates and the example rows again; the candidates are then settled. The audit counts,
+    example rows, and grouped the rows of a Parquet source of up to 12M rows. Here one query
+    groups the rows when it did not (clean.line_groups) and another reads the candidates and
+    the example rows again; the candidates are then settled. The audit counts,
     RFM and the monthly EDA come from the groups. Returns the frames and the cleaning with its
     duplicates known.
     """
@@ -142,7 +144,11 @@ GROUPBY_SLICE_ROWS = 25_000_000
 
 
 def _grouped_lines(cleaned: Cleaned) -> pl.DataFrame:
-    """clean.line_groups, a slice of customers at a time past GROUPBY_SLICE_ROWS rows."""
+    """clean.line_groups: grouped in the first pass, or a slice of customers at a time past
+    GROUPBY_SLICE_ROWS rows."""
+    in_first_pass = first_pass_groups(cleaned)
+    if in_first_pass is not None:
+        return in_first_pass
     slices = -(-cleaned.rows_read // GROUPBY_SLICE_ROWS)
 
     def grouped(rows: pl.LazyFrame) -> pl.LazyFrame:

@@ -2,8 +2,11 @@
 
 The engine counts every row in its group first and moves the copies out afterwards
 (clean.settle_duplicates); these hand-made tables check the counts, the example lines and the
-attribute values against what the rules say row by row. The engine's other paths (a CSV parsed
-once and held in memory, the line queries streamed one at a time) must give the same stage.
+attribute values against what the rules say row by row, from a CSV file and from Parquet (whose
+rows the first pass groups, unless copies may differ in an attribute). The engine's other paths
+(a CSV parsed once and held in memory, Parquet rows grouped in a second read, the line queries
+streamed one at a time, the rows grouped a slice of customers at a time) must give the same
+stage.
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ C3,C6,2024-01-09,-4.00,DE,A
 SUBSET = ["customer", "invoice", "date", "amount"]
 
 
-def _stage(tmp_path: Path, duplicates: object):
+def _stage(tmp_path: Path, duplicates: object, fmt: str = "csv"):
     (tmp_path / "t.csv").write_text(ROWS, encoding="utf-8")
+    if fmt == "parquet":  # the same text, read back as text
+        pl.read_csv(tmp_path / "t.csv", infer_schema=False).write_parquet(tmp_path / "t.parquet")
     config = reportgen.config_from_dict(
         {
             "input": {
-                "path": "t.csv",
+                "path": f"t.{fmt}",
                 "columns": {"customer_id": "customer", "order_id": "invoice",
                             "order_date": "date", "amount": "amount"},
                 "attributes": ["country"],
@@ -56,15 +61,20 @@ def _stage(tmp_path: Path, duplicates: object):
 
 
 def _rules(stage) -> dict[str, tuple[int, int, list[int]]]:
+    header = 1 if stage.source.format == "parquet" else 0  # Parquet rows count from 1
     return {
-        r.rule: (r.rows, r.revenue_minor, [e["line"] for e in r.examples])
+        r.rule: (r.rows, r.revenue_minor, [e["line"] + header for e in r.examples])
         for r in stage.audit.rules
         if r.rows
     }
 
 
-def test_copies_of_any_row_are_duplicates_and_leave_their_group(tmp_path: Path) -> None:
-    stage = _stage(tmp_path, "all")
+FORMATS = pytest.mark.parametrize("fmt", ["csv", "parquet"])
+
+
+@FORMATS
+def test_copies_of_any_row_are_duplicates_and_leave_their_group(tmp_path: Path, fmt) -> None:
+    stage = _stage(tmp_path, "all", fmt)
     assert _rules(stage) == {
         "duplicate": (3, 2500, [3, 5]),
         "missing_customer_id": (2, 800, [4, 8]),
@@ -75,18 +85,19 @@ def test_copies_of_any_row_are_duplicates_and_leave_their_group(tmp_path: Path) 
     assert table.rows() == [("C1", 1, 1000, "UK"), ("C2", 1, 1400, "DE"), ("C3", 1, 400, "DE")]
 
 
-def test_compared_columns_decide_and_a_copys_attribute_does_not_count(tmp_path: Path) -> None:
+@FORMATS
+def test_compared_columns_decide_and_a_copys_attribute_does_not_count(tmp_path: Path, fmt):
     """With a subset of columns compared, line 7 is a copy of line 6: its money leaves the
     order and its country (DE) is not the customer's (FR, from line 6)."""
-    stage = _stage(tmp_path, SUBSET)
+    stage = _stage(tmp_path, SUBSET, fmt)
     assert _rules(stage)["duplicate"] == (4, 3200, [3, 5])
     table = stage.rfm.frame.select("customer_id", "frequency", "monetary_minor", "country")
     assert table.rows() == [("C1", 1, 1000, "UK"), ("C2", 1, 700, "FR"), ("C3", 1, 400, "DE")]
 
 
-@pytest.mark.parametrize("duplicates", ["off"])
-def test_without_the_rule_every_copy_counts(tmp_path: Path, duplicates: str) -> None:
-    stage = _stage(tmp_path, duplicates)
+@FORMATS
+def test_without_the_rule_every_copy_counts(tmp_path: Path, fmt) -> None:
+    stage = _stage(tmp_path, "off", fmt)
     assert "duplicate" not in _rules(stage)
     assert stage.rfm.frame.filter(customer_id="C1")["monetary_minor"].item() == 3000
 
@@ -154,8 +165,48 @@ def test_rows_grouped_in_slices_of_customers_give_the_same_stage(
 def test_sample_rows_grouped_in_slices_give_the_same_stage(monkeypatch, shipped_config_path):
     config = reportgen.load_config(shipped_config_path)
     whole = compute_rfm_stage(config)
+    monkeypatch.setattr(clean, "GROUPED_IN_FIRST_PASS_MAX_ROWS", 0)  # grouped in the second read
     monkeypatch.setattr(rfm_stage, "GROUPBY_SLICE_ROWS", 100_000)  # six slices
     sliced = compute_rfm_stage(config)
     assert sliced.audit == whole.audit
     assert sliced.rfm.frame.equals(whole.rfm.frame)
     assert sliced.eda.monthly.equals(whole.eda.monthly)
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        {},
+        {"period": {"as_of": "2011-06-30", "window_days": 90}},
+        {"cleaning": {"returns": "net", "duplicates": "off"}},
+        {"cleaning": {"duplicates": ["InvoiceNo", "StockCode", "CustomerID"]},
+         "input": {"attributes": []}},
+    ],
+    ids=["default", "window", "net-no-duplicates", "subset-duplicates"],
+)  # fmt: skip
+def test_rows_grouped_in_the_first_pass_give_what_a_second_read_gives(
+    monkeypatch, shipped_config_path, update
+) -> None:
+    """Parquet rows are grouped as the first pass reads them, their period rules applied per
+    group by its day: the audit (with its example lines), the period, the months and the RFM
+    table equal those of grouping the rows in a second read."""
+    config = reportgen.load_config(shipped_config_path)
+    config = config.model_copy(update={
+        section: getattr(config, section).model_copy(update=values)
+        for section, values in update.items()
+    })  # fmt: skip
+    grouped_first = []
+    real = clean._groups_in_first_pass
+    monkeypatch.setattr(
+        clean, "_groups_in_first_pass", lambda *a: grouped_first.append(real(*a)) or real(*a)
+    )
+    first = compute_rfm_stage(config)
+    monkeypatch.setattr(clean, "GROUPED_IN_FIRST_PASS_MAX_ROWS", 0)
+    second = compute_rfm_stage(config)
+    assert grouped_first == [True, False]
+    assert first.audit == second.audit and first.period == second.period
+    assert first.eda.monthly.equals(second.eda.monthly)
+    assert first.rfm.frame.equals(second.rfm.frame)
+    dropped = {r.rule for r in first.audit.rules if r.rows}
+    if "period" in update:  # the period rules judged the groups
+        assert {"after_as_of", "before_window"} <= dropped
