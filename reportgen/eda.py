@@ -55,6 +55,11 @@ _ORDER_MONTH = pl.col("first_purchase").dt.month_start()
 _SPLIT = (pl.col("last_purchase").dt.month_start() != _ORDER_MONTH).sum().alias("_split_orders")
 
 
+def month_columns(cleaned: Cleaned) -> list[str]:
+    """The columns of the per-order frame that `eda_queries` reads."""
+    return ["customer_id", within_customer(cleaned), "gross", "first_purchase", "last_purchase"]
+
+
 def month_totals(orders: pl.DataFrame, cleaned: Cleaned, slices: int = 1) -> pl.DataFrame:
     """`eda_queries`' table from the per-order frame in memory, in `slices` to bound memory.
 

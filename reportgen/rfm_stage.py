@@ -27,7 +27,7 @@ from .clean import (
     shown_and_candidates_query,
 )
 from .config import Config
-from .eda import Eda, build_eda, month_totals
+from .eda import Eda, build_eda, month_columns, month_totals
 from .errors import InputDataError
 from .graph import PAIRS_QUERY, PRODUCTS_QUERY, graph_queries
 from .grid import SegmentMap, load_segment_map
@@ -109,11 +109,10 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
     """Everything read from the transactions: the rows grouped, then the aggregates.
 
     The first pass (clean.annotate) found the duplicate candidates, the value checks and the
-    example rows, and grouped the rows of a Parquet source of up to 12M rows. Here one query
-    groups the rows when it did not (clean.line_groups) and another reads the candidates and
-    the example rows again; the candidates are then settled. The audit counts,
-    RFM and the monthly EDA come from the groups. Returns the frames and the cleaning with its
-    duplicates known.
+    example rows, and grouped the rows of a Parquet source. Here one query groups the rows
+    when it did not (clean.line_groups) and another reads the candidates and the example rows
+    again; the candidates are then settled. The audit counts, RFM and the monthly EDA come from
+    the groups. Returns the frames and the cleaning with its duplicates known.
     """
     examples = config.cleaning.examples_per_rule
     # One query at a time: the second filters the rows by key as it reads them (10M rows:
@@ -131,6 +130,7 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
     orders = _orders(groups, cleaned, slices)  # for the monthly EDA and RFM
     del groups  # 50M rows: 17M groups (0.6 GB) freed before the customers and months are counted
     results["rfm"] = rfm_query(orders.lazy(), cleaned).collect()
+    orders = orders.select(month_columns(cleaned))  # the other columns freed first
     results["eda_months"] = month_totals(orders, cleaned, slices)
     results["totals"] = pl.concat([results.pop("counted"), cleaned.checks], how="horizontal")
     return results, cleaned

@@ -165,7 +165,7 @@ def test_rows_grouped_in_slices_of_customers_give_the_same_stage(
 def test_sample_rows_grouped_in_slices_give_the_same_stage(monkeypatch, shipped_config_path):
     config = reportgen.load_config(shipped_config_path)
     whole = compute_rfm_stage(config)
-    monkeypatch.setattr(clean, "GROUPED_IN_FIRST_PASS_MAX_ROWS", 0)  # grouped in the second read
+    monkeypatch.setattr(clean, "_groups_in_first_pass", lambda *_: False)  # in the second read
     monkeypatch.setattr(rfm_stage, "GROUPBY_SLICE_ROWS", 100_000)  # six slices
     sliced = compute_rfm_stage(config)
     assert sliced.audit == whole.audit
@@ -182,14 +182,14 @@ def test_sample_rows_grouped_in_slices_give_the_same_stage(monkeypatch, shipped_
         {"cleaning": {"duplicates": ["InvoiceNo", "StockCode", "CustomerID"]},
          "input": {"attributes": []}},
     ],
-    ids=["default", "window", "net-no-duplicates", "subset-duplicates"],
+    ids=["default", "window", "net-no-duplicates", "subset"],
 )  # fmt: skip
 def test_rows_grouped_in_the_first_pass_give_what_a_second_read_gives(
     monkeypatch, shipped_config_path, update
 ) -> None:
-    """Parquet rows are grouped as the first pass reads them, their period rules applied per
-    group by its day: the audit (with its example lines), the period, the months and the RFM
-    table equal those of grouping the rows in a second read."""
+    """Parquet rows are grouped as the first pass reads them, in one chunk or in several,
+    their period rules applied per group by its day: the audit (with its example lines), the
+    period, the months and the RFM table equal those of grouping the rows in a second read."""
     config = reportgen.load_config(shipped_config_path)
     config = config.model_copy(update={
         section: getattr(config, section).model_copy(update=values)
@@ -201,12 +201,31 @@ def test_rows_grouped_in_the_first_pass_give_what_a_second_read_gives(
         clean, "_groups_in_first_pass", lambda *a: grouped_first.append(real(*a)) or real(*a)
     )
     first = compute_rfm_stage(config)
-    monkeypatch.setattr(clean, "GROUPED_IN_FIRST_PASS_MAX_ROWS", 0)
+    monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", 100_000)  # six chunks
+    chunks = compute_rfm_stage(config)
+    monkeypatch.setattr(clean, "_groups_in_first_pass", lambda *_: False)
     second = compute_rfm_stage(config)
-    assert grouped_first == [True, False]
-    assert first.audit == second.audit and first.period == second.period
-    assert first.eda.monthly.equals(second.eda.monthly)
-    assert first.rfm.frame.equals(second.rfm.frame)
+    # with some columns compared, the groups must be whole (one chunk): read again in chunks
+    subset = isinstance(update.get("cleaning", {}).get("duplicates"), list)
+    assert grouped_first == [True, not subset]
+    for stage in (first, chunks):
+        assert stage.audit == second.audit and stage.period == second.period
+        assert stage.eda.monthly.equals(second.eda.monthly)
+        assert stage.rfm.frame.equals(second.rfm.frame)
     dropped = {r.rule for r in first.audit.rules if r.rows}
     if "period" in update:  # the period rules judged the groups
         assert {"after_as_of", "before_window"} <= dropped
+
+
+@pytest.mark.parametrize("duplicates", ["all", "off"])
+def test_groups_and_copies_split_across_chunks_give_the_same_stage(
+    tmp_path: Path, monkeypatch, duplicates
+) -> None:
+    """Chunks of three rows split order I1 and its copies, and line 9 copies line 2 two chunks
+    later: the counts, examples and attributes equal those of one chunk."""
+    whole = _stage(tmp_path, duplicates, "parquet")
+    monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", 3)
+    chunks = _stage(tmp_path, duplicates, "parquet")
+    assert chunks.audit == whole.audit
+    assert chunks.rfm.frame.equals(whole.rfm.frame)
+    assert chunks.eda.monthly.equals(whole.eda.monthly)
