@@ -177,8 +177,7 @@ def _parse_once(tx: Transactions) -> bool:
 # Grouping Parquet rows in the first pass, which holds them anyway, saves reading and judging
 # them again: 10M rows 3.25 -> 2.9 s, 50M 19 -> 16-17 s. It reads them in chunks of this many
 # rows, so that it holds the grouped columns (about 45 bytes a row) of one chunk at a time
-# (10M rows peak at 1.05 GB, as with two reads, in chunks of 10M at 1.24 GB; 50M at 2.8 GB
-# against 2.4 GB with two reads, as the groups stay while the hashes are sorted). Rows already in
+# (10M rows peak at 1.05 GB, as with two reads; in chunks of 10M, 1.24 GB). Rows already in
 # memory (a CSV parsed once, a workbook) are not read again anyway, and grouping them in the
 # first pass was slower.
 FIRST_PASS_CHUNK_ROWS = 5_000_000

@@ -119,6 +119,7 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
     # 0.2 s), so sharing a scan with the first (pl.collect_all) would save nothing and hold
     # every row's columns meanwhile (10M rows: a peak of 1.4 GB instead of 0.8 GB).
     results = {"groups": _grouped_lines(cleaned)}
+    cleaned = dataclasses.replace(cleaned, content_groups=None)  # held once: `del groups` frees
     fetched = shown_and_candidates_query(cleaned).collect()
     cleaned = settle_duplicates(cleaned, fetched, results, examples)
     lines = graph_queries(cleaned, config) | representation_queries(cleaned, config)
