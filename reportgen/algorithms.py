@@ -154,7 +154,7 @@ def refit(
     fit_coords = coords if idx is None else coords[idx]
     membership, core = None, None
     if method == "kmeans":
-        labels = _kmeans(params["k"], cfg.n_init, seed).fit(fit_coords).labels_
+        labels = kmeans_model(params["k"], cfg.n_init, seed).fit(fit_coords).labels_
     elif method == "gmm":  # fitted on the k sweep's sample, then every customer is scored
         sample = coords[_fit_sample(len(coords), cfg, seed)]
         model = _gmm(params["k"], params["covariance"], cfg.n_init, seed).fit(sample)
@@ -204,7 +204,7 @@ def _resolve(
     )
 
 
-def _kmeans(k: int, n_init: int, seed: int) -> Any:  # an unfitted KMeans
+def kmeans_model(k: int, n_init: int, seed: int) -> Any:  # an unfitted KMeans (Lloyd)
     from sklearn.cluster import KMeans
 
     return KMeans(n_clusters=k, n_init=n_init, random_state=seed, algorithm="lloyd")

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import polars as pl
 
+from .algorithms import kmeans_model
 from .config import PlaybookEntry, SegmentationSection
 from .errors import ConfigError, InputDataError
 from .playbook import (
@@ -325,7 +326,9 @@ def _segment(
     fit_idx, sil_idx = draw_samples(len(coords), cfg, seed)
     evidence = sweep(coords, ks, fit_idx, sil_idx, cfg, seed, len(grid_names))
     choice = _choose(evidence, cfg, len(grid_names))
-    model = _kmeans(choice.k, cfg, seed).fit(coords)  # the final model sees every customer
+    model = kmeans_model(choice.k, cfg.n_init, seed).fit(
+        coords
+    )  # the final model sees every customer
     final = _other_algorithm(cfg, coords, space, choice, seed, len(grid_names))
     if final is not None:  # its labels replace K-Means' before naming and profiling
         model, choice, plays = final.model, final.choice, plays | final.plays
@@ -514,12 +517,6 @@ def _subsample(rng: np.random.Generator, idx: np.ndarray, size: int) -> np.ndarr
     return np.sort(rng.choice(idx, size=size, replace=False))
 
 
-def _kmeans(k: int, cfg: SegmentationSection, seed: int) -> Any:  # an unfitted KMeans
-    from sklearn.cluster import KMeans
-
-    return KMeans(n_clusters=k, n_init=cfg.n_init, random_state=seed, algorithm="lloyd")
-
-
 def sweep(
     coords: np.ndarray,
     ks: list[int],
@@ -536,7 +533,7 @@ def sweep(
     labels: dict[int, np.ndarray] = {}
     inertia: dict[int, float] = {}
     for k in ks:
-        model = _kmeans(k, cfg, seed).fit(sample)
+        model = kmeans_model(k, cfg.n_init, seed).fit(sample)
         labels[k], inertia[k] = model.labels_, float(model.inertia_)
     sil_pos = np.searchsorted(fit_idx, sil_idx)
     sil = silhouette_values(coords[sil_idx], [labels[k][sil_pos] for k in ks])
@@ -918,7 +915,8 @@ def measure_stability(
     rng = np.random.default_rng([seed, 1])
     seeds = tuple(int(s) for s in rng.integers(0, 2**31 - 1, size=cfg.stability_seeds))
     ari = tuple(
-        float(adjusted_rand_score(labels, _kmeans(k, cfg, s).fit(coords).labels_)) for s in seeds
+        float(adjusted_rand_score(labels, kmeans_model(k, cfg.n_init, s).fit(coords).labels_))
+        for s in seeds
     )
     mean, low = float(np.mean(ari)), float(np.min(ari))
     stable = mean >= STABILITY_THRESHOLD
