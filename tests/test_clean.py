@@ -42,12 +42,17 @@ SUBSET = ["customer", "invoice", "date", "amount"]
 
 def _stage(tmp_path: Path, duplicates: object, fmt: str = "csv"):
     (tmp_path / "t.csv").write_text(ROWS, encoding="utf-8")
-    if fmt == "parquet":  # the same text, read back as text
-        pl.read_csv(tmp_path / "t.csv", infer_schema=False).write_parquet(tmp_path / "t.parquet")
+    text = pl.read_csv(tmp_path / "t.csv", infer_schema=False)  # the same text, as text
+    if fmt == "parquet":
+        text.write_parquet(tmp_path / "t.parquet")
+    if fmt == "folder":  # two Parquet files: lines 2-5, then 6-11
+        (tmp_path / "parts").mkdir(exist_ok=True)
+        text.head(4).write_parquet(tmp_path / "parts" / "a.parquet")
+        text.tail(-4).write_parquet(tmp_path / "parts" / "b.parquet")
     config = reportgen.config_from_dict(
         {
             "input": {
-                "path": f"t.{fmt}",
+                "path": "parts" if fmt == "folder" else f"t.{fmt}",
                 "columns": {"customer_id": "customer", "order_id": "invoice",
                             "order_date": "date", "amount": "amount"},
                 "attributes": ["country"],
@@ -217,15 +222,17 @@ def test_rows_grouped_in_the_first_pass_give_what_a_second_read_gives(
         assert {"after_as_of", "before_window"} <= dropped
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "folder"])
 @pytest.mark.parametrize("duplicates", ["all", "off"])
 def test_groups_and_copies_split_across_chunks_give_the_same_stage(
-    tmp_path: Path, monkeypatch, duplicates
+    tmp_path: Path, monkeypatch, duplicates, fmt
 ) -> None:
     """Chunks of three rows split order I1 and its copies, and line 9 copies line 2 two chunks
-    later: the counts, examples and attributes equal those of one chunk."""
-    whole = _stage(tmp_path, duplicates, "parquet")
+    later (in another file, for a folder): the counts, examples and attributes equal those of
+    one chunk."""
+    whole = _stage(tmp_path, duplicates, fmt)
     monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", 3)
-    chunks = _stage(tmp_path, duplicates, "parquet")
+    chunks = _stage(tmp_path, duplicates, fmt)
     assert chunks.audit == whole.audit
     assert chunks.rfm.frame.equals(whole.rfm.frame)
     assert chunks.eda.monthly.equals(whole.eda.monthly)
