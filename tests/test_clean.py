@@ -236,3 +236,30 @@ def test_groups_and_copies_split_across_chunks_give_the_same_stage(
     assert chunks.audit == whole.audit
     assert chunks.rfm.frame.equals(whole.rfm.frame)
     assert chunks.eda.monthly.equals(whole.eda.monthly)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_with_as_of_latest_the_lines_after_the_last_purchase_are_shown(tmp_path: Path, fmt):
+    """`as_of: latest` without a window: the first pass keeps only the rows that can be shown
+    (no kept purchase is after the last one); a return dated after it is still an example."""
+    rows = "customer,invoice,date,amount\n" + "\n".join([
+        "C1,I1,2024-01-05,10.00",   # line 2: kept
+        "C1,C2,2024-01-09,-5.00",   # line 3: a return after the last purchase: after_as_of
+        ",I3,2024-01-04,3.00",      # line 4: no customer
+        "C2,I4,2024-01-06,7.00",    # line 5: kept, the last purchase (as_of)
+        "C2,C5,2024-01-06,-7.00",   # line 6: a return on as_of: netted
+    ])  # fmt: skip
+    (tmp_path / "t.csv").write_text(rows + "\n", encoding="utf-8")
+    if fmt == "parquet":
+        pl.read_csv(tmp_path / "t.csv", infer_schema=False).write_parquet(tmp_path / "t.parquet")
+    config = reportgen.config_from_dict(
+        {"input": {"path": f"t.{fmt}",
+                   "columns": {"customer_id": "customer", "order_id": "invoice",
+                               "order_date": "date", "amount": "amount"}},
+         "cleaning": {"returns": "net"}},
+        base_dir=tmp_path,
+    )  # fmt: skip
+    stage = compute_rfm_stage(config)
+    assert stage.period.as_of.isoformat() == "2024-01-06"
+    assert _rules(stage) == {"missing_customer_id": (1, 300, [4]), "after_as_of": (1, -500, [3])}
+    assert stage.audit.returns_netted_rows == 1
