@@ -166,8 +166,8 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
 # Parsing CSV text costs more than the rest of a pass (10M rows, 421 MB: the first pass took
 # 2.0 s, the second 2.7 s, of a 6.1 s stage), so a CSV source up to this size is parsed once
 # and kept in memory for both passes (10M rows: 4.7 s, peak 2.6 GB instead of 2.2 GB; the rows
-# take about 1.8 bytes per byte of text). Parquet is read twice: reading it again costs 0.25 s
-# on 10M rows, and keeping it would lift the peak past 1.5 GB.
+# take about 1.8 bytes per byte of text). Parquet is read once, in chunks (see
+# FIRST_PASS_CHUNK_ROWS): keeping all its rows would lift the 10M peak past 1.5 GB.
 CSV_PARSED_ONCE_MAX_BYTES = 512 * 2**20  # about 12M rows of the benchmark's 42 bytes
 
 

@@ -40,23 +40,29 @@ C3,C6,2024-01-09,-4.00,DE,A
 SUBSET = ["customer", "invoice", "date", "amount"]
 
 
-def _stage(tmp_path: Path, duplicates: object, fmt: str = "csv"):
-    (tmp_path / "t.csv").write_text(ROWS, encoding="utf-8")
-    text = pl.read_csv(tmp_path / "t.csv", infer_schema=False)  # the same text, as text
+COLUMNS = {"customer_id": "customer", "order_id": "invoice", "order_date": "date",
+           "amount": "amount"}  # fmt: skip
+
+
+def _source(tmp_path: Path, rows: str, fmt: str) -> str:
+    """`rows` written as a CSV file, a Parquet file (the same text, as text) or a folder of two
+    Parquet files (the first four rows, then the others); returns the input path."""
+    (tmp_path / "t.csv").write_text(rows, encoding="utf-8")
+    text = pl.read_csv(tmp_path / "t.csv", infer_schema=False)
     if fmt == "parquet":
         text.write_parquet(tmp_path / "t.parquet")
-    if fmt == "folder":  # two Parquet files: lines 2-5, then 6-11
+    if fmt == "folder":
         (tmp_path / "parts").mkdir(exist_ok=True)
         text.head(4).write_parquet(tmp_path / "parts" / "a.parquet")
         text.tail(-4).write_parquet(tmp_path / "parts" / "b.parquet")
+    return "parts" if fmt == "folder" else f"t.{fmt}"
+
+
+def _stage(tmp_path: Path, duplicates: object, fmt: str = "csv"):
     config = reportgen.config_from_dict(
         {
-            "input": {
-                "path": "parts" if fmt == "folder" else f"t.{fmt}",
-                "columns": {"customer_id": "customer", "order_id": "invoice",
-                            "order_date": "date", "amount": "amount"},
-                "attributes": ["country"],
-            },
+            "input": {"path": _source(tmp_path, ROWS, fmt), "columns": COLUMNS,
+                      "attributes": ["country"]},
             "period": {"as_of": "2024-01-31"},
             "cleaning": {"duplicates": duplicates, "examples_per_rule": 2},
         },
@@ -249,13 +255,8 @@ def test_with_as_of_latest_the_lines_after_the_last_purchase_are_shown(tmp_path:
         "C2,I4,2024-01-06,7.00",    # line 5: kept, the last purchase (as_of)
         "C2,C5,2024-01-06,-7.00",   # line 6: a return on as_of: netted
     ])  # fmt: skip
-    (tmp_path / "t.csv").write_text(rows + "\n", encoding="utf-8")
-    if fmt == "parquet":
-        pl.read_csv(tmp_path / "t.csv", infer_schema=False).write_parquet(tmp_path / "t.parquet")
     config = reportgen.config_from_dict(
-        {"input": {"path": f"t.{fmt}",
-                   "columns": {"customer_id": "customer", "order_id": "invoice",
-                               "order_date": "date", "amount": "amount"}},
+        {"input": {"path": _source(tmp_path, rows + "\n", fmt), "columns": COLUMNS},
          "cleaning": {"returns": "net"}},
         base_dir=tmp_path,
     )  # fmt: skip
