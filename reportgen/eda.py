@@ -57,7 +57,7 @@ _Frame = TypeVar("_Frame", pl.DataFrame, pl.LazyFrame)
 
 def _with_months(orders: _Frame) -> _Frame:
     """The order's month, and whether its purchases end in a later month, as columns: grouping
-    on a column is cheaper than on an expression (10M rows, 3.2M orders: 0.28 -> 0.21 s)."""
+    on a column is cheaper than on an expression (10M rows, 3.2M orders: 0.28 -> 0.22 s)."""
     month = pl.col("first_purchase").dt.month_start()
     split = pl.col("last_purchase").dt.month_start() != month
     return orders.with_columns(month.alias("month"), split.alias("_split"))
@@ -122,7 +122,8 @@ def months_from_lines(cleaned: Cleaned) -> pl.LazyFrame:
 
 
 def _month_totals(orders: pl.LazyFrame, cleaned: Cleaned, *extra: pl.Expr) -> pl.LazyFrame:
-    """Money, distinct orders and distinct customers per month of one-row-per-order data.
+    """Money, distinct orders and distinct customers per `month` (a column) of one-row-per-order
+    data.
 
     An order id shared by customers is one order; without ids an order is a customer's day.
     """
