@@ -157,8 +157,8 @@ def _grouped_lines(cleaned: Cleaned) -> pl.DataFrame:
 
 
 # The per-order and per-customer aggregates of a large input are computed for a slice of the
-# customers at a time (eda.month_totals likewise): on 50M rows (18M groups) polars' group-by held 1.1 GB more when it
-# took them all at once, and was no faster.
+# customers at a time (eda.month_totals likewise): on 50M rows (18M groups) polars' group-by
+# held 1.1 GB more when it took them all at once, and was no faster.
 SLICE_GROUPS = 4_000_000
 
 
