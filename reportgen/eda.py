@@ -71,43 +71,46 @@ def month_columns(cleaned: Cleaned) -> list[str]:
     return ["customer_id", within_customer(cleaned), "gross", "first_purchase", "last_purchase"]
 
 
-def month_totals(orders: pl.DataFrame, cleaned: Cleaned, slices: int = 1) -> pl.DataFrame:
-    """`eda_queries`' table from the per-order frame in memory, in `slices` to bound memory.
+def month_totals(parts: list[pl.DataFrame], cleaned: Cleaned) -> pl.DataFrame:
+    """`eda_queries`' table from the per-order frames in memory: `parts` split the orders by
+    customer (each customer's orders are in one part), to bound memory.
 
     The distinct counts hold every order id and customer of a month at once (0.9 GB for the
-    18M orders of 50M rows). In slices, the money, customers and split orders are counted per
-    slice of customers and the distinct orders per slice of order ids: the slices share no
-    customer (no order id), so their counts add up.
+    18M orders of 50M rows). With several parts, the money, customers and split orders are
+    counted per part and the distinct orders per slice of order ids: the parts share no
+    customer and the slices no order id, so their counts add up (50M rows: 3.1 -> 1.8-2.1 s
+    once each part was counted as it is, not filtered again out of all the orders).
     """
-    query = eda_queries(orders.lazy(), cleaned)["eda_months"]
-    if slices <= 1:  # the in-memory engine: twice as fast as streaming on a frame in memory
+    query = eda_queries(parts[0].lazy(), cleaned)["eda_months"]
+    if len(parts) == 1:  # the in-memory engine: twice as fast as streaming on a frame in memory
         return query.collect(engine="in-memory")
     ids = cleaned.transactions.has_order_id
-    customers = _sum_of_slices(orders, "customer_id", slices, [
+    per_customer = [
         pl.col("gross").sum().alias("revenue_minor"),
         pl.col("customer_id").n_unique().cast(COUNT).alias("customers"),
         _SPLIT,
         *([] if ids else [pl.len().cast(COUNT).alias("orders")]),  # a customer's day
-    ])  # fmt: skip
+    ]
+    totals, order_months = [], []
+    for part in parts:
+        bought = _with_months(part.filter(pl.col("last_purchase").is_not_null()))
+        totals.append(bought.group_by("month").agg(per_customer))
+        if ids:
+            order_months.append(bought.select("order_id", "month"))
+    months = pl.concat(totals).group_by("month").sum()
     if ids:
-        distinct = [pl.col("order_id").n_unique().cast(COUNT).alias("orders")]
-        customers = customers.join(_sum_of_slices(orders, "order_id", slices, distinct),
-                                   on="month")  # fmt: skip
+        months = months.join(_distinct_orders(pl.concat(order_months), len(parts)), on="month")
     schema = query.collect_schema()
-    return customers.select(schema.names()).cast(schema)
+    return months.select(schema.names()).cast(schema)
 
 
-def _sum_of_slices(
-    orders: pl.DataFrame, column: str, slices: int, aggregates: list[pl.Expr]
-) -> pl.DataFrame:
-    """Per month of the purchases, `aggregates` computed per slice of `column`'s values (one
-    slice copied at a time) and summed."""
-    slice_of = orders[column].hash(seed=0) % slices
-    purchase = orders["last_purchase"].is_not_null()
+def _distinct_orders(order_months: pl.DataFrame, slices: int) -> pl.DataFrame:
+    """Distinct order ids per month, counted per slice of the ids (one slice copied at a time)."""
+    slice_of = order_months["order_id"].hash(seed=0) % slices
+    distinct = pl.col("order_id").n_unique().cast(COUNT).alias("orders")
     parts = [
-        _with_months(orders.filter(purchase & (slice_of == i))).group_by("month").agg(aggregates)
-        for i in range(slices)
-    ]  # fmt: skip
+        order_months.filter(slice_of == i).group_by("month").agg(distinct) for i in range(slices)
+    ]
     return pl.concat(parts).group_by("month").sum()
 
 
