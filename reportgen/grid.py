@@ -37,7 +37,7 @@ class SegmentMap:
         return list(dict.fromkeys(self.names_by_code.values()))
 
     def to_frame(self) -> pl.DataFrame:
-        """The map as a frame keyed by the three scores (Int8)."""
+        """The map as a frame keyed by the three scores (Int8), with the code ('545')."""
         codes = list(self.names_by_code)
         return pl.DataFrame(
             {
@@ -45,6 +45,7 @@ class SegmentMap:
                 "f_score": [int(c[1]) for c in codes],
                 "m_score": [int(c[2]) for c in codes],
                 "rfm_grid_segment": list(self.names_by_code.values()),
+                "rfm_score": codes,
             },
             schema_overrides={"r_score": pl.Int8, "f_score": pl.Int8, "m_score": pl.Int8},
         )
