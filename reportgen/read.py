@@ -358,6 +358,7 @@ def _canonical(
     for step in (
         _trimmed_texts(texts, schema),
         _parsed_numbers(cols, schema, dec),
+        [_scaled_money(cols, schema, dec)],
         *_parsed_dates(cols.order_date, schema, cfg.date_formats, tz),
     ):
         if step:
@@ -480,20 +481,37 @@ def _parse(text: pl.Expr, fmt: str, tz: str) -> pl.Expr:
 _PRICE_SCALE, _QUANTITY_SCALE = 6, 3
 
 
+_SCALED = "_scaled_money"
+
+
+def _scaled_money(cols: ColumnMap, schema: pl.Schema, decimal: str) -> pl.Expr:
+    """The line's money as a whole number of 10^-6 (an amount, a float) or 10^-9 (quantity times
+    unit price, an Int128), as `_SCALED` for `_canonical`: the rounding reads it four times, and
+    an expression repeated in another is computed again (5M amounts: 0.064 -> 0.035 s)."""
+    if cols.amount is not None:
+        amount, _ = _number(cols.amount, schema, decimal)
+        return (amount * 10**_PRICE_SCALE).round(0).alias(_SCALED)
+    quantity_column, price_column = cols.price_parts()
+    quantity, _ = _number(quantity_column, schema, decimal)
+    unit_price, _ = _number(price_column, schema, decimal)
+    exact = _fixed(quantity, _QUANTITY_SCALE) * _fixed(unit_price, _PRICE_SCALE)
+    return exact.alias(_SCALED)
+
+
 def _amount_exprs(cols: ColumnMap, schema: pl.Schema, digits: int, decimal: str) -> list[pl.Expr]:
-    """amount_minor: exact integer money per line; non-numbers flagged."""
+    """amount_minor: exact integer money per line (rounded from `_scaled_money`); non-numbers
+    flagged."""
+    scaled = pl.col(_SCALED)
     if cols.amount is not None:
         amount, bad = _number(cols.amount, schema, decimal)
         quantity = unit_price = pl.lit(None, dtype=pl.Float64)
-        scaled = (amount * 10**_PRICE_SCALE).round(0)
         minor = _round_half_even_whole_float(scaled, _PRICE_SCALE - digits)
     else:
         quantity_column, price_column = cols.price_parts()
         quantity, bad_q = _number(quantity_column, schema, decimal)
         unit_price, bad_p = _number(price_column, schema, decimal)
         amount, bad = quantity * unit_price, bad_q | bad_p
-        exact = _fixed(quantity, _QUANTITY_SCALE) * _fixed(unit_price, _PRICE_SCALE)
-        minor = _round_half_even(exact, _QUANTITY_SCALE + _PRICE_SCALE - digits)
+        minor = _round_half_even(scaled, _QUANTITY_SCALE + _PRICE_SCALE - digits)
     return [
         minor.cast(pl.Int64).alias("amount_minor"),
         amount.alias("amount"),  # unrounded, for the sign test of the cleaning rules
