@@ -326,9 +326,8 @@ def _segment(
     fit_idx, sil_idx = draw_samples(len(coords), cfg, seed)
     evidence = sweep(coords, ks, fit_idx, sil_idx, cfg, seed, len(grid_names))
     choice = _choose(evidence, cfg, len(grid_names))
-    model = kmeans_model(choice.k, cfg.n_init, seed).fit(
-        coords
-    )  # the final model sees every customer
+    # the final model sees every customer
+    model = kmeans_model(choice.k, cfg.n_init, seed).fit(coords)
     final = _other_algorithm(cfg, coords, space, choice, seed, len(grid_names))
     if final is not None:  # its labels replace K-Means' before naming and profiling
         model, choice, plays = final.model, final.choice, plays | final.plays
