@@ -4,8 +4,9 @@
 Follows the contract of ../shared/bench/peers (one row per customer: customer_id, recency,
 frequency, monetary; one JSON line of phase timings on stdout) so the shared runner can time it
 side by side with the peers. The stage is the engine's whole job on the transactions: read,
-clean (with the per-rule audit), aggregate and score (two reads of the file: see
-bench/README.md, "Where the time goes").
+clean (with the per-rule audit), aggregate and score (a Parquet file is read once in chunks,
+then only its example rows and duplicate candidates again: see bench/README.md, "Where the time
+goes").
 """
 
 from __future__ import annotations
