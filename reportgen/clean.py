@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,8 +132,9 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
     size of the input. The duplicates among the candidates are settled exactly after the main
     pass (`settle_duplicates`). A CSV source of up to `CSV_PARSED_ONCE_MAX_BYTES` is parsed
     once, here, and both passes read the rows from memory. The first pass also groups the
-    rows of a Parquet source (`_groups_in_first_pass`, `Cleaned.content_groups`), so that the
-    main pass has only the example rows and the duplicate candidates left to read.
+    rows of a Parquet source or of a larger CSV file (`_groups_in_first_pass`,
+    `Cleaned.content_groups`), so that the main pass has only the example rows and the
+    duplicate candidates left to read.
     """
     frame = tx.frame.with_columns(
         pl.col("order_ts").dt.date().alias("order_date"),
@@ -166,8 +168,9 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
 # Parsing CSV text costs more than the rest of a pass (10M rows, 421 MB: the first pass took
 # 2.0 s, the second 2.7 s, of a 6.1 s stage), so a CSV source up to this size is parsed once
 # and kept in memory for both passes (10M rows: 4.7 s, peak 2.6 GB instead of 2.2 GB; the rows
-# take about 1.8 bytes per byte of text). Parquet is read once, in chunks (see
-# FIRST_PASS_CHUNK_ROWS): keeping all its rows would lift the 10M peak past 1.5 GB.
+# take about 1.8 bytes per byte of text). A larger CSV file, and Parquet, are read once in
+# chunks, grouped as they are read (see FIRST_PASS_CHUNK_ROWS): 10M rows of CSV that way took
+# 5.0 s at a peak of 1.45 GB; keeping all the Parquet rows would lift its 10M peak past 1.5 GB.
 CSV_PARSED_ONCE_MAX_BYTES = 512 * 2**20  # about 12M rows of the benchmark's 42 bytes
 
 
@@ -177,21 +180,26 @@ def _parse_once(tx: Transactions) -> bool:
     return sum(Path(f).stat().st_size for f in tx.source.files) <= CSV_PARSED_ONCE_MAX_BYTES
 
 
-# Grouping Parquet rows in the first pass, which holds them anyway, saves reading and judging
-# them again: 10M rows 3.25 -> 2.9 s, 50M 19 -> 16-17 s. It reads them in chunks of this many
-# rows, so that it holds the grouped columns (about 45 bytes a row) of one chunk at a time
-# (10M rows peak at 1.05 GB, as with two reads; in chunks of 10M, 1.24 GB). Rows already in
-# memory (a CSV parsed once, a workbook) are not read again anyway, and grouping them in the
-# first pass was slower.
+# Grouping the rows in the first pass, which holds them anyway, saves reading and judging them
+# again: 10M rows of Parquet 3.25 -> 2.9 s, 50M 19 -> 16-17 s; 50M rows of CSV (2.2 GB, too
+# large to parse once) 43.8 -> 24 s at the same peak (4.1 GB), as the file is parsed once more
+# (for the example rows and candidates) instead of three times. It reads them in chunks of
+# this many rows, so that it holds the grouped columns (about 45 bytes a row) of one chunk at a
+# time (10M rows of Parquet peak at 1.05 GB, as with two reads; in chunks of 10M, 1.24 GB).
+# Rows already in memory (a CSV parsed once, a workbook) are not read again anyway, and
+# grouping them in the first pass was slower.
 FIRST_PASS_CHUNK_ROWS = 5_000_000
 
 
 def _groups_in_first_pass(tx: Transactions, cfg: CleaningSection, frame: pl.LazyFrame) -> bool:
-    """Whether the first pass groups the rows: a Parquet source, and the duplicates settled by
-    taking the copies out of their groups (see `settle_duplicates`). A copy of a whole row is in
-    its original's group; with `duplicates` comparing some columns, the copies' groups are
-    looked up, which needs each group whole (in one chunk) and the candidates' attributes left
-    out (the second read does that)."""
+    """Whether the first pass groups the rows: a Parquet source or a CSV file too large to parse
+    once, and the duplicates settled by taking the copies out of their groups (see
+    `settle_duplicates`). A copy of a whole row is in its original's group; with `duplicates`
+    comparing some columns, the copies' groups are looked up, which needs each group whole (in
+    one chunk: a Parquet source of one chunk, counted from its metadata) and the candidates'
+    attributes left out (the second read does that)."""
+    if tx.source.format == "csv" and not _parse_once(tx):
+        return cfg.duplicates in ("all", "off")
     if tx.source.format != "parquet":
         return False
     if cfg.duplicates in ("all", "off"):
@@ -285,8 +293,7 @@ def _first_pass(
         *([_row_hash(compared).alias("_hash")] if compared is not None else []),
         *[c for c in group_columns if c not in (REASON, "order_date", IS_RETURN)],
     ]  # fmt: skip
-    chunks = _chunks(frame) if grouped is not None else [frame]
-    parts = [_read_chunk(c.select(columns), grouped, purchases_shown) for c in chunks]
+    parts = [_read_chunk(c, grouped, purchases_shown) for c in _chunks(frame, columns, grouped)]
     hashed = [p.hashed for p in parts if p.hashed is not None]
     groups = [p.groups for p in parts if p.groups is not None]
     return FirstPass(
@@ -333,9 +340,18 @@ def _read_chunk(
     )
 
 
-def _chunks(frame: pl.LazyFrame) -> list[pl.LazyFrame]:
-    """`frame` in slices of FIRST_PASS_CHUNK_ROWS rows (polars reads only their rows)."""
-    return [frame.slice(start, FIRST_PASS_CHUNK_ROWS)
+def _chunks(
+    frame: pl.LazyFrame, columns: list[str | pl.Expr], grouped: Transactions | None
+) -> Iterable[pl.LazyFrame]:
+    """`columns` of `frame`, all at once or, when the first pass groups them, FIRST_PASS_CHUNK_ROWS
+    rows at a time: slices of a Parquet source (polars reads only their rows), batches of a CSV
+    file as it is parsed (a slice of a CSV file would parse the lines before it again)."""
+    rows = frame.select(columns)
+    if grouped is None:
+        return [rows]
+    if grouped.source.format == "csv":
+        return (b.lazy() for b in rows.collect_batches(chunk_size=FIRST_PASS_CHUNK_ROWS))
+    return [rows.slice(start, FIRST_PASS_CHUNK_ROWS)
             for start in range(0, max(_rows(frame), 1), FIRST_PASS_CHUNK_ROWS)]  # fmt: skip
 
 
@@ -538,7 +554,7 @@ def group_audit_queries(cleaned: Cleaned, groups: pl.LazyFrame) -> dict[str, pl.
 _MISSING_TRACKED = ("customer_id", "order_id", "order_ts", "amount_minor", "product_id")
 # the per-row flags `_checks` counts, read in the first pass (a bit each; the currency is a
 # category, 4 bytes, and a constant when no currency column is mapped)
-_CHECKED_PER_ROW = [
+_CHECKED_PER_ROW: list[str | pl.Expr] = [
     *[pl.col(c).is_null().alias(f"missing:{c}") for c in _MISSING_TRACKED],
     "_bad_id", "_bad_amount", "_bad_date", "_zoned",
     pl.col("currency").cast(pl.Categorical).alias("currency"),

@@ -109,9 +109,9 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
     """Everything read from the transactions: the rows grouped, then the aggregates.
 
     The first pass (clean.annotate) found the duplicate candidates, the value checks and the
-    example rows, and grouped the rows of a Parquet source. Here one query groups the rows
-    when it did not (clean.line_groups) and another reads the candidates and the example rows
-    again; the candidates are then settled. The audit counts, RFM and the monthly EDA come from
+    example rows, and grouped the rows of a Parquet source or a large CSV file. Here one
+    query groups the rows when it did not (clean.line_groups) and another reads the candidates
+    and the example rows again; the candidates are then settled. The audit counts, RFM and the monthly EDA come from
     the groups. Returns the frames and the cleaning with its duplicates known.
     """
     examples = config.cleaning.examples_per_rule
@@ -138,7 +138,8 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
 # Past this many rows the rows are grouped a slice of customers at a time, each slice read
 # again with the filter applied as the file is read: on 50M rows (17M groups) two slices took
 # 5.8 s at a peak of 2.0 GB where one took 6.6 s and 2.4 GB; on 10M a second slice would cost
-# 0.1 s to save 0.1 GB. A CSV file is parsed again for each slice.
+# 0.1 s to save 0.1 GB. A CSV file is parsed again for each slice (only a file too large to
+# parse once whose duplicates compare some columns gets here: see clean._groups_in_first_pass).
 GROUPBY_SLICE_ROWS = 25_000_000
 
 

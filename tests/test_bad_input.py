@@ -16,6 +16,7 @@ import yaml
 from click.testing import CliRunner, Result
 from filelock import FileLock
 
+from reportgen import clean
 from reportgen.cli import cli
 
 SLUG = "shop"
@@ -191,6 +192,16 @@ def test_csv_with_more_fields_than_the_header(tmp_path: Path) -> None:
     _fail_case(tmp_path, {}, 4, str(path))
 
 
+@pytest.fixture(params=["parsed once", "in batches"])
+def csv_reading(request, monkeypatch) -> None:
+    """Both ways a CSV file is read: parsed once (small files), or for a file too large for that
+    in batches, two rows at a time, so that the fault is in a later batch."""
+    if request.param == "in batches":
+        monkeypatch.setattr(clean, "CSV_PARSED_ONCE_MAX_BYTES", 0)
+        monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", 2)
+
+
+@pytest.mark.usefixtures("csv_reading")
 def test_csv_with_more_fields_than_the_header_names_the_line(tmp_path: Path) -> None:
     """A ragged line: the message names file:line."""
     path = _csv(tmp_path, HEADER + GOOD_ROWS + "c,3,2024-03-01,1.00,oops\n")
@@ -225,6 +236,7 @@ BAD_DATES = HEADER + (
 )
 
 
+@pytest.mark.usefixtures("csv_reading")
 def test_dates_matching_no_format(tmp_path: Path) -> None:
     """Two unparseable dates: exit 4, their count, the column, the formats and the lines."""
     _csv(tmp_path, BAD_DATES)
@@ -270,6 +282,7 @@ def test_mix_of_zoned_and_naive_message_reads_well(tmp_path: Path) -> None:
     assert not re.search(r": \d+ column", message), message
 
 
+@pytest.mark.usefixtures("csv_reading")
 def test_undecodable_byte_in_a_utf8_csv(tmp_path: Path) -> None:
     """A latin-1 byte in a file read as UTF-8: exit 4, the file and line named, a hint."""
     path = tmp_path / "tx.csv"
@@ -289,6 +302,7 @@ def test_undecodable_byte_in_the_header_line(tmp_path: Path) -> None:
     _fail_case(tmp_path, {}, 4, f"{path}:1")
 
 
+@pytest.mark.usefixtures("csv_reading")
 def test_undecodable_byte_in_a_declared_encoding(tmp_path: Path) -> None:
     """Byte 0x81 (undefined in cp1252) on line 4: exit 4, file:line, the byte and encoding."""
     path = tmp_path / "tx.csv"

@@ -4,9 +4,9 @@ The engine counts every row in its group first and moves the copies out afterwar
 (clean.settle_duplicates); these hand-made tables check the counts, the example lines and the
 attribute values against what the rules say row by row, from a CSV file and from Parquet (whose
 rows the first pass groups, unless copies may differ in an attribute). The engine's other paths
-(a CSV parsed once and held in memory, Parquet rows grouped in a second read, the line queries
-streamed one at a time, the rows grouped a slice of customers at a time) must give the same
-stage.
+(a CSV parsed once and held in memory, a larger one grouped in batches as it is parsed, Parquet
+rows grouped in a second read, the line queries streamed one at a time, the rows grouped a slice
+of customers at a time) must give the same stage.
 """
 
 from __future__ import annotations
@@ -114,9 +114,13 @@ def test_without_the_rule_every_copy_counts(tmp_path: Path, fmt) -> None:
 
 
 @pytest.mark.parametrize("period", [{}, {"as_of": "2010-12-20", "window_days": 10}])
-def test_csv_parsed_once_gives_what_two_reads_give(tmp_path: Path, monkeypatch, period) -> None:
+def test_csv_parsed_once_gives_what_reading_it_in_batches_gives(
+    tmp_path: Path, monkeypatch, period
+) -> None:
     """A small CSV source is parsed once and both passes read it from memory; the audit (with
-    its example lines), the months and the RFM table equal those of reading the file twice."""
+    its example lines), the months and the RFM table equal those of a file too large for that,
+    grouped in batches as it is parsed (three here) and read again for the example rows and
+    the duplicate candidates."""
     rows = pl.read_parquet(sample_data_path("online_retail"), n_rows=60_000)
     rows.write_csv(tmp_path / "t.csv", datetime_format="%Y-%m-%d %H:%M:%S")
     columns = {"customer_id": "CustomerID", "order_id": "InvoiceNo", "order_date": "InvoiceDate",
@@ -126,16 +130,17 @@ def test_csv_parsed_once_gives_what_two_reads_give(tmp_path: Path, monkeypatch, 
          "period": period, "cleaning": {"returns": "net"}},
         base_dir=tmp_path,
     )  # fmt: skip
-    parsed_once = []
-    real = clean._parse_once
-    monkeypatch.setattr(clean, "_parse_once", lambda tx: parsed_once.append(real(tx)) or real(tx))
+    chunks = []
+    real = clean._read_chunk
+    monkeypatch.setattr(clean, "_read_chunk", lambda *a: chunks.append(a[1]) or real(*a))
     once = compute_rfm_stage(config)
     monkeypatch.setattr(clean, "CSV_PARSED_ONCE_MAX_BYTES", 0)
-    twice = compute_rfm_stage(config)
-    assert parsed_once == [True, False]
-    assert once.audit == twice.audit and once.period == twice.period
-    assert once.eda.monthly.equals(twice.eda.monthly)
-    assert once.rfm.frame.equals(twice.rfm.frame)
+    monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", 20_000)
+    batched = compute_rfm_stage(config)
+    assert [grouped is not None for grouped in chunks] == [False, True, True, True]
+    assert once.audit == batched.audit and once.period == batched.period
+    assert once.eda.monthly.equals(batched.eda.monthly)
+    assert once.rfm.frame.equals(batched.rfm.frame)
     assert {r.rule for r in once.audit.rules if r.rows} >= {"duplicate", "missing_customer_id"}
     assert once.audit.returns_netted_rows > 0
 
@@ -228,20 +233,46 @@ def test_rows_grouped_in_the_first_pass_give_what_a_second_read_gives(
         assert {"after_as_of", "before_window"} <= dropped
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "folder"])
+@pytest.mark.parametrize("fmt", ["parquet", "folder", "csv"])
 @pytest.mark.parametrize("duplicates", ["all", "off"])
 def test_groups_and_copies_split_across_chunks_give_the_same_stage(
     tmp_path: Path, monkeypatch, duplicates, fmt
 ) -> None:
     """Chunks of three rows split order I1 and its copies, and line 9 copies line 2 two chunks
     later (in another file, for a folder): the counts, examples and attributes equal those of
-    one chunk."""
+    one chunk (for CSV: of the file parsed once, against batches of a file too large for it)."""
     whole = _stage(tmp_path, duplicates, fmt)
     monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", 3)
+    monkeypatch.setattr(clean, "CSV_PARSED_ONCE_MAX_BYTES", 0)
+    batches = []
+    real = clean._read_chunk
+    monkeypatch.setattr(clean, "_read_chunk", lambda *a: batches.append(a) or real(*a))
     chunks = _stage(tmp_path, duplicates, fmt)
+    assert len(batches) == 4  # ten rows, three at a time
     assert chunks.audit == whole.audit
     assert chunks.rfm.frame.equals(whole.rfm.frame)
     assert chunks.eda.monthly.equals(whole.eda.monthly)
+
+
+def test_a_large_csv_compared_on_some_columns_is_grouped_in_a_second_read(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """With `duplicates` naming some columns the copies' groups must be whole, which batches of
+    a CSV file too large to parse once cannot promise: its rows are grouped in a second read,
+    and the stage equals that of the file parsed once."""
+    once = _stage(tmp_path, SUBSET)
+    monkeypatch.setattr(clean, "CSV_PARSED_ONCE_MAX_BYTES", 0)
+    monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", 3)
+    grouped_first = []
+    real = clean._groups_in_first_pass
+    monkeypatch.setattr(
+        clean, "_groups_in_first_pass", lambda *a: grouped_first.append(real(*a)) or real(*a)
+    )
+    read_twice = _stage(tmp_path, SUBSET)
+    assert grouped_first == [False]
+    assert read_twice.audit == once.audit
+    assert read_twice.rfm.frame.equals(once.rfm.frame)
+    assert read_twice.eda.monthly.equals(once.eda.monthly)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
