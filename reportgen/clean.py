@@ -136,11 +136,7 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
     `Cleaned.content_groups`), so that the main pass has only the example rows and the
     duplicate candidates left to read.
     """
-    frame = tx.frame.with_columns(
-        pl.col("order_ts").dt.date().alias("order_date"),
-        _is_return(tx, cfg).alias(IS_RETURN),
-    )
-    frame = frame.with_columns(_content_reason(cfg).alias(REASON))
+    frame = _judged(tx.frame, tx, cfg)
     if _parse_once(tx):
         frame = frame.collect().lazy()
     compared = _compared_row(tx, cfg)
@@ -148,7 +144,9 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
     # `as_of: latest` is the last purchase the content rules keep: without a window, the period
     # rules then drop none of those, and only the other rows can be shown as examples
     purchases_shown = period.as_of is not None or period.window_days is not None
-    first = _first_pass(frame, compared, tx if group else None, purchases_shown)
+    # the chunks of several Parquet files are sliced out of each file (Transactions.file_frames)
+    files = [_judged(f, tx, cfg) for f in tx.file_frames] if group and tx.file_frames else [frame]
+    first = _first_pass(files, compared, tx if group else None, purchases_shown)
     # Copies of a row share its content, so the duplicates could not move `latest`.
     as_of = period.as_of if period.as_of is not None else first.latest
     shown = first.shown_keys(as_of, period.window_days, cfg.examples_per_rule)
@@ -172,6 +170,15 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
 # chunks, grouped as they are read (see FIRST_PASS_CHUNK_ROWS): 10M rows of CSV that way took
 # 5.0 s at a peak of 1.45 GB; keeping all the Parquet rows would lift its 10M peak past 1.5 GB.
 CSV_PARSED_ONCE_MAX_BYTES = 512 * 2**20  # about 12M rows of the benchmark's 42 bytes
+
+
+def _judged(rows: pl.LazyFrame, tx: Transactions, cfg: CleaningSection) -> pl.LazyFrame:
+    """`rows` with their day, return flag and the content rule that drops them (if any)."""
+    rows = rows.with_columns(
+        pl.col("order_ts").dt.date().alias("order_date"),
+        _is_return(tx, cfg).alias(IS_RETURN),
+    )
+    return rows.with_columns(_content_reason(cfg).alias(REASON))
 
 
 def _parse_once(tx: Transactions) -> bool:
@@ -275,7 +282,7 @@ class FirstPass:
 
 
 def _first_pass(
-    frame: pl.LazyFrame, compared: tuple[str, ...] | None, grouped: Transactions | None,
+    files: list[pl.LazyFrame], compared: tuple[str, ...] | None, grouped: Transactions | None,
     purchases_shown: bool,
 ) -> FirstPass:  # fmt: skip
     """One read of the rows: their hashes give the duplicate candidates (rows whose hash occurs
@@ -285,7 +292,7 @@ def _first_pass(
     until the hashes are sorted, then 14 (2-4 when the kept purchases are not shown). With
     `grouped`, the rows are also grouped by customer, order, day, content rule and return flag,
     a chunk of rows at a time (a group split across chunks is then in several rows, which every
-    later aggregate sums).
+    later aggregate sums). `files`: the judged rows, as one frame or one per file (`_chunks`).
     """
     group_columns = _grouped_columns(grouped) if grouped is not None else []
     columns = [
@@ -293,7 +300,7 @@ def _first_pass(
         *([_row_hash(compared).alias("_hash")] if compared is not None else []),
         *[c for c in group_columns if c not in (REASON, "order_date", IS_RETURN)],
     ]  # fmt: skip
-    parts = [_read_chunk(c, grouped, purchases_shown) for c in _chunks(frame, columns, grouped)]
+    parts = [_read_chunk(c, grouped, purchases_shown) for c in _chunks(files, columns, grouped)]
     hashed = [p.hashed for p in parts if p.hashed is not None]
     groups = [p.groups for p in parts if p.groups is not None]
     return FirstPass(
@@ -341,18 +348,42 @@ def _read_chunk(
 
 
 def _chunks(
-    frame: pl.LazyFrame, columns: list[str | pl.Expr], grouped: Transactions | None
+    files: list[pl.LazyFrame], columns: list[str | pl.Expr], grouped: Transactions | None
 ) -> Iterable[pl.LazyFrame]:
-    """`columns` of `frame`, all at once or, when the first pass groups them, FIRST_PASS_CHUNK_ROWS
-    rows at a time: slices of a Parquet source (polars reads only their rows), batches of a CSV
-    file as it is parsed (a slice of a CSV file would parse the lines before it again)."""
-    rows = frame.select(columns)
+    """`columns` of the rows, all at once or, when the first pass groups them, FIRST_PASS_CHUNK_ROWS
+    rows at a time: for Parquet, slices of each file stacked (polars reads only their rows; a
+    slice of the files' union would read every row before it), for a CSV file (one frame),
+    batches as it is parsed (a slice would parse the lines before it again)."""
     if grouped is None:
-        return [rows]
+        return [pl.concat(files).select(columns)]
     if grouped.source.format == "csv":
+        rows = pl.concat(files).select(columns)
         return (b.lazy() for b in rows.collect_batches(chunk_size=FIRST_PASS_CHUNK_ROWS))
-    return [rows.slice(start, FIRST_PASS_CHUNK_ROWS)
-            for start in range(0, max(_rows(frame), 1), FIRST_PASS_CHUNK_ROWS)]  # fmt: skip
+    pieces = _pieces([_rows(f) for f in files], FIRST_PASS_CHUNK_ROWS)
+    return [
+        pl.concat([files[f].select(columns).slice(start, rows) for f, start, rows in chunk])
+        for chunk in pieces
+    ]
+
+
+def _pieces(counts: list[int], size: int) -> list[list[tuple[int, int, int]]]:
+    """Chunks of at most `size` rows of files of `counts` rows, each chunk a list of (file, first
+    row, rows) pieces: small files stacked whole, a larger file in slices."""
+    chunks: list[list[tuple[int, int, int]]] = []
+    chunk: list[tuple[int, int, int]] = []
+    room = size
+    for file, rows in enumerate(counts):
+        start = 0
+        while True:
+            taken = min(room, rows - start)
+            chunk.append((file, start, taken))
+            start, room = start + taken, room - taken
+            if room == 0:
+                chunks.append(chunk)
+                chunk, room = [], size
+            if start == rows:
+                break
+    return [*chunks, chunk] if chunk else chunks
 
 
 def _candidates(hashed: pl.DataFrame) -> pl.Series:

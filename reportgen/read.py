@@ -73,6 +73,10 @@ class Transactions:
     has_order_id: bool  # without one, an order is a customer's purchases on one day
     attributes: tuple[str, ...]  # extra per-customer columns (e.g. Country)
     temporary_files: tuple[str, ...] = ()  # UTF-8 copies of other encodings; see release()
+    # Parquet files, when there are several: each file's rows in the canonical schema. A slice
+    # of one of them reads only its rows, where a slice of `frame` (their union) reads every
+    # row before it (200M rows in four files: chunks of 5M took 0.2 -> 2.3 s each).
+    file_frames: tuple[pl.LazyFrame, ...] = ()
 
     def release(self) -> None:
         """Delete the temporary copies once the frame has been collected."""
@@ -89,7 +93,8 @@ def read_transactions(cfg: InputSection, currency: str, timezone: str = "UTC") -
     location, fmt, files = _locate(cfg)
     scan_files, temporary = _utf8_copies(cfg, fmt, files)
     try:
-        raw, first_line = _scan(cfg, fmt, scan_files)
+        raw_files, first_line = _scan(cfg, fmt, scan_files)
+        raw = _concat(raw_files)
         schema = _schema(raw, cfg, fmt, files)
     except BaseException:
         Transactions(pl.LazyFrame(), None, 0, False, (), temporary).release()  # type: ignore[arg-type]
@@ -97,9 +102,15 @@ def read_transactions(cfg: InputSection, currency: str, timezone: str = "UTC") -
     _check_mapped_columns(cfg, tuple(schema.names()), location)
     digits = _minor_digits(currency)
     source = Source(location, fmt, tuple(files), tuple(schema.names()), first_line)
+    file_frames = []
+    if fmt == "parquet" and len(raw_files) > 1:
+        union = raw.collect_schema()
+        file_frames = [_canonical(_conformed(f, union), cfg, digits, timezone, schema)
+                       for f in raw_files]  # fmt: skip
     return Transactions(
         _canonical(raw, cfg, digits, timezone, schema), source, digits,
         cfg.columns.order_id is not None, tuple(cfg.attributes), tuple(temporary),
+        tuple(file_frames),
     )  # fmt: skip
 
 
@@ -167,24 +178,36 @@ def _format_of(path: str, files: list[str]) -> str:
     )
 
 
-def _scan(cfg: InputSection, fmt: str, files: list[str]) -> tuple[pl.LazyFrame, int]:
-    """One lazy frame over all files; `_row` counts rows per file and `_file` numbers the file."""
+def _scan(cfg: InputSection, fmt: str, files: list[str]) -> tuple[list[pl.LazyFrame], int]:
+    """A lazy frame per file; `_row` counts its rows and `_file` numbers the file."""
     try:
         if fmt == "excel":
             frames = [_read_excel(cfg, f).with_row_index(ROW) for f in files]
-            return _concat(frames), 2
+            return _numbered(frames), 2
         scan = pl.scan_parquet if fmt == "parquet" else functools.partial(_scan_csv, cfg)
         frames = [scan(f).with_row_index(ROW) for f in files]
-        return _concat(frames), 1 if fmt == "parquet" else 2
+        return _numbered(frames), 1 if fmt == "parquet" else 2
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         raise InputDataError(f"input.path: cannot read {cfg.path} as {fmt}: {exc}") from None
 
 
+def _numbered(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
+    return [f.with_columns(pl.lit(i, dtype=pl.UInt32).alias(FILE)) for i, f in enumerate(frames)]
+
+
 def _concat(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
-    numbered = [
-        f.with_columns(pl.lit(i, dtype=pl.UInt32).alias(FILE)) for i, f in enumerate(frames)
-    ]
-    return numbered[0] if len(numbered) == 1 else pl.concat(numbered, how="diagonal_relaxed")
+    """The files as one table: columns by name, each in the type that holds every file's."""
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+
+
+def _conformed(frame: pl.LazyFrame, union: pl.Schema) -> pl.LazyFrame:
+    """One file's frame in the schema of the files' union (`_concat`): its columns cast to the
+    union's types, the columns it lacks as nulls."""
+    own = frame.collect_schema()
+    return frame.select(
+        pl.col(name).cast(dtype) if name in own else pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in union.items()
+    )
 
 
 def _schema(raw: pl.LazyFrame, cfg: InputSection, fmt: str, files: list[str]) -> pl.Schema:

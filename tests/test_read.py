@@ -16,6 +16,7 @@ import pytest
 import xlsxwriter
 
 import reportgen
+from reportgen import clean
 
 UTC = dt.UTC
 RFM_COLUMNS = ["customer_id", "frequency", "monetary_minor", "first_order", "last_order",
@@ -233,6 +234,33 @@ def test_parquet_folder_and_glob_read_every_file(tmp_path: Path, path: str) -> N
             ("12345", 1, 10, _d("2024-03-05"), _d("2024-03-05"), 5, 5),
             PARQUET_EXPECTED[1],
         ]
+
+
+def test_parquet_files_that_differ_read_in_chunks_as_one_table(tmp_path: Path, monkeypatch):
+    """Files whose columns differ in type (integer and float customer ids and amounts) or are
+    missing (a Country in one file only) form one table, also when the first pass reads them
+    in chunks of two rows sliced out of each file: the same RFM table, countries and audit."""
+    frame = _parquet_frame().with_columns(pl.Series("Country", ["UK", "UK", "FR", "FR"]))
+    (tmp_path / "parts").mkdir()
+    frame.head(3).write_parquet(tmp_path / "parts" / "a.parquet")
+    frame.tail(1).drop("Country").with_columns(
+        pl.col("customer_id").cast(pl.Int64), pl.lit(20, dtype=pl.Int64).alias("amount")
+    ).write_parquet(tmp_path / "parts" / "b.parquet")
+    config = _config(tmp_path, "parts", input_={"attributes": ["Country"]})
+    whole = reportgen.compute_rfm_stage(config)
+    monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", 2)
+    chunks = []
+    real = clean._read_chunk
+    monkeypatch.setattr(clean, "_read_chunk", lambda *a: chunks.append(a) or real(*a))
+    chunked = reportgen.compute_rfm_stage(config)
+
+    assert len(chunks) == 2
+    assert _rows(whole, "Country") == [
+        ("12345", 1, 2010, _d("2024-03-05"), _d("2024-03-05"), 5, 5, "FR"),
+        ("17850", 2, 1250, _d("2024-03-01"), _d("2024-03-10"), 0, 9, "UK"),
+    ]
+    assert chunked.rfm.frame.equals(whole.rfm.frame)
+    assert chunked.audit == whole.audit
 
 
 def _zoned_frame(time_zone: str | None) -> pl.DataFrame:
