@@ -171,7 +171,7 @@ def _customers_and_orders(
     customers at a time, so that one slice's orders are held whole, not all of them (50M rows, 17M
     orders: the stage's peak 2.77 -> 2.51-2.60 GB, 15.4-15.8 -> 14.9 s)."""
     customers, months = [], []
-    for rows in _customer_slices(groups.lazy(), slices):
+    for rows in _customer_slices(groups, slices):
         orders = order_query(rows, cleaned).collect()
         customers.append(rfm_query(orders.lazy(), cleaned).collect())
         months.append(orders.select(month_columns(cleaned)))  # the other columns freed
@@ -186,12 +186,17 @@ def _by_customer_slices(
     return pl.concat(query(rows).collect() for rows in _customer_slices(frame, slices))
 
 
-def _customer_slices(frame: pl.LazyFrame, slices: int) -> list[pl.LazyFrame]:
-    """`frame`'s rows in `slices` parts, each holding every row of its customers."""
+def _customer_slices(frame: pl.LazyFrame | pl.DataFrame, slices: int) -> list[pl.LazyFrame]:
+    """`frame`'s rows in `slices` parts, each holding every row of its customers. A frame in
+    memory gets its rows' slice as a column first, so that each customer id is hashed once, not
+    once per slice (200M rows, 68M groups in 17 slices: 3.1 -> 1.2 s)."""
     if slices <= 1:
-        return [frame]
-    in_slice = pl.col("customer_id").hash(seed=0) % slices
-    return [frame.filter(in_slice == i) for i in range(slices)]
+        return [frame.lazy()]
+    in_slice = (pl.col("customer_id").hash(seed=0) % slices).cast(pl.UInt32)
+    if isinstance(frame, pl.LazyFrame):
+        return [frame.filter(in_slice == i) for i in range(slices)]
+    numbered = frame.with_columns(in_slice.alias("_slice")).lazy()
+    return [numbered.filter(pl.col("_slice") == i).drop("_slice") for i in range(slices)]
 
 
 # The queries over the purchase lines (graph.enabled, representation.features: extended)
