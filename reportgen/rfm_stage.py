@@ -111,8 +111,9 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
     The first pass (clean.annotate) found the duplicate candidates, the value checks and the
     example rows, and grouped the rows of a Parquet source or a large CSV file. Here one
     query groups the rows when it did not (clean.line_groups) and another reads the candidates
-    and the example rows again; the candidates are then settled. The audit counts, RFM and the monthly EDA come from
-    the groups. Returns the frames and the cleaning with its duplicates known.
+    and the example rows again; the candidates are then settled. The audit counts, RFM and the
+    monthly EDA come from the groups. Returns the frames and the cleaning with its duplicates
+    known.
     """
     examples = config.cleaning.examples_per_rule
     # One query at a time: the second filters the rows by key as it reads them (10M rows:
