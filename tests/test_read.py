@@ -236,6 +236,26 @@ def test_parquet_folder_and_glob_read_every_file(tmp_path: Path, path: str) -> N
         ]
 
 
+@pytest.mark.parametrize("chunk_rows", [5_000_000, 2])
+def test_parquet_files_of_one_schema_name_the_file_and_row_of_an_example(
+    tmp_path: Path, monkeypatch, chunk_rows: int
+) -> None:
+    """Files of one schema are read as one scan: a row's file and row within it still come
+    out right, in the audit's examples, whole or in chunks of two rows."""
+    monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", chunk_rows)
+    frame = pl.concat([_parquet_frame(), _parquet_frame().head(2)]).with_columns(
+        pl.Series("customer_id", [1.0, 2.0, 3.0, None, None, 4.0])  # no customer: b 2, c 1
+    )
+    (tmp_path / "parts").mkdir()
+    for name, rows in [("a", frame.head(2)), ("b", frame.slice(2, 2)), ("c", frame.tail(2))]:
+        rows.write_parquet(tmp_path / "parts" / f"{name}.parquet")
+    report = reportgen.compute_rfm_stage(_config(tmp_path, "parts"))
+
+    [missing] = [r for r in report.audit.rules if r.rule == "missing_customer_id"]
+    examples = [(Path(e["file"]).name, e["line"]) for e in missing.examples]
+    assert examples == [("b.parquet", 2), ("c.parquet", 1)]
+
+
 def test_parquet_files_that_differ_read_in_chunks_as_one_table(tmp_path: Path, monkeypatch):
     """Files whose columns differ in type (integer and float customer ids and amounts) or are
     missing (a Country in one file only) form one table, also when the first pass reads them
