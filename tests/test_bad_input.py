@@ -148,6 +148,17 @@ def test_file_that_is_not_what_its_suffix_says(tmp_path: Path) -> None:
     _fail_case(tmp_path, {"input": {"path": "tx.parquet"}}, 4, str(tmp_path / "tx.parquet"))
 
 
+def test_text_among_parquet_files_in_a_folder(tmp_path: Path) -> None:
+    """A folder of Parquet files, one of them text: exit 4, the folder named."""
+    (tmp_path / "parts").mkdir()
+    pl.DataFrame(
+        {"customer_id": ["a"], "order_id": ["1"], "order_date": [dt.date(2024, 3, 1)],
+         "amount": [1.0]}
+    ).write_parquet(tmp_path / "parts" / "a.parquet")  # fmt: skip
+    (tmp_path / "parts" / "b.parquet").write_text(HEADER + GOOD_ROWS)
+    _fail_case(tmp_path, {"input": {"path": "parts"}}, 4, "parts", "parquet")
+
+
 def test_corrupt_excel_file(tmp_path: Path) -> None:
     """A .xlsx that is not a workbook: exit 4, the file named."""
     (tmp_path / "tx.xlsx").write_text("not a zip archive")
