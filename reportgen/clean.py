@@ -359,7 +359,9 @@ def _chunks(
     if grouped.source.format == "csv":
         rows = pl.concat(files).select(columns)
         return (b.lazy() for b in rows.collect_batches(chunk_size=FIRST_PASS_CHUNK_ROWS))
-    pieces = _pieces([_rows(f) for f in files], FIRST_PASS_CHUNK_ROWS)
+    # `files` is one frame per file of a folder (their rows known from reading it), or one
+    counts = list(grouped.file_rows) or [_rows(files[0])]
+    pieces = _pieces(counts, FIRST_PASS_CHUNK_ROWS)
     return [
         pl.concat([files[f].select(columns).slice(start, rows) for f, start, rows in chunk])
         for chunk in pieces
