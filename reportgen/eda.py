@@ -85,12 +85,8 @@ def month_totals(parts: list[pl.DataFrame], cleaned: Cleaned) -> pl.DataFrame:
     if len(parts) == 1:  # the in-memory engine: twice as fast as streaming on a frame in memory
         return query.collect(engine="in-memory")
     ids = cleaned.transactions.has_order_id
-    per_customer = [
-        pl.col("gross").sum().alias("revenue_minor"),
-        pl.col("customer_id").n_unique().cast(COUNT).alias("customers"),
-        _SPLIT,
-        *([] if ids else [pl.len().cast(COUNT).alias("orders")]),  # a customer's day
-    ]
+    # distinct order ids are counted apart (an id may be shared by customers of two parts)
+    per_customer = _per_month(None if ids else pl.len(), _SPLIT)
     totals, order_months = [], []
     for part in parts:
         bought = _with_months(part.filter(pl.col("last_purchase").is_not_null()))
@@ -131,12 +127,18 @@ def _month_totals(orders: pl.LazyFrame, cleaned: Cleaned, *extra: pl.Expr) -> pl
     An order id shared by customers is one order; without ids an order is a customer's day.
     """
     distinct = pl.col("order_id").n_unique() if cleaned.transactions.has_order_id else pl.len()
-    return orders.group_by("month").agg(
+    return orders.group_by("month").agg(_per_month(distinct, *extra))
+
+
+def _per_month(orders: pl.Expr | None, *extra: pl.Expr) -> list[pl.Expr]:
+    """The money and distinct customers of a month's orders, their count by `orders` (unless
+    None), and `extra`."""
+    return [
         pl.col("gross").sum().alias("revenue_minor"),
-        distinct.cast(COUNT).alias("orders"),
+        *([] if orders is None else [orders.cast(COUNT).alias("orders")]),
         pl.col("customer_id").n_unique().cast(COUNT).alias("customers"),
         *extra,
-    )
+    ]
 
 
 def monthly_table(months: pl.DataFrame, customers: pl.DataFrame) -> pl.DataFrame:
