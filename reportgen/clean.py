@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,9 +144,11 @@ def annotate(tx: Transactions, cfg: CleaningSection, period: PeriodRequest) -> C
     # `as_of: latest` is the last purchase the content rules keep: without a window, the period
     # rules then drop none of those, and only the other rows can be shown as examples
     purchases_shown = period.as_of is not None or period.window_days is not None
-    # the chunks of several Parquet files are sliced out of each file (Transactions.file_frames)
-    files = [_judged(f, tx, cfg) for f in tx.file_frames] if group and tx.file_frames else [frame]
-    first = _first_pass(files, compared, tx if group else None, purchases_shown)
+
+    def judged_files(first: int, last: int) -> pl.LazyFrame:  # see Transactions.files_frame
+        return _judged(tx.files_frame(first, last), tx, cfg)
+
+    first = _first_pass(frame, judged_files, compared, tx if group else None, purchases_shown)
     # Copies of a row share its content, so the duplicates could not move `latest`.
     as_of = period.as_of if period.as_of is not None else first.latest
     shown = first.shown_keys(as_of, period.window_days, cfg.examples_per_rule)
@@ -282,8 +284,8 @@ class FirstPass:
 
 
 def _first_pass(
-    files: list[pl.LazyFrame], compared: tuple[str, ...] | None, grouped: Transactions | None,
-    purchases_shown: bool,
+    frame: pl.LazyFrame, judged_files: _FileRange, compared: tuple[str, ...] | None,
+    grouped: Transactions | None, purchases_shown: bool,
 ) -> FirstPass:  # fmt: skip
     """One read of the rows: their hashes give the duplicate candidates (rows whose hash occurs
     more than once: sorting 8-byte hashes is far cheaper than grouping whole rows); each row's
@@ -292,7 +294,8 @@ def _first_pass(
     until the hashes are sorted, then 14 (2-4 when the kept purchases are not shown). With
     `grouped`, the rows are also grouped by customer, order, day, content rule and return flag,
     a chunk of rows at a time (a group split across chunks is then in several rows, which every
-    later aggregate sums). `files`: the judged rows, as one frame or one per file (`_chunks`).
+    later aggregate sums). `frame`: the judged rows; `judged_files`: those of a range of Parquet
+    files (`_chunks`).
     """
     group_columns = _grouped_columns(grouped) if grouped is not None else []
     columns = [
@@ -300,7 +303,8 @@ def _first_pass(
         *([_row_hash(compared).alias("_hash")] if compared is not None else []),
         *[c for c in group_columns if c not in (REASON, "order_date", IS_RETURN)],
     ]  # fmt: skip
-    parts = [_read_chunk(c, grouped, purchases_shown) for c in _chunks(files, columns, grouped)]
+    chunks = _chunks(frame, judged_files, columns, grouped)
+    parts = [_read_chunk(c, grouped, purchases_shown) for c in chunks]
     hashed = [p.hashed for p in parts if p.hashed is not None]
     groups = [p.groups for p in parts if p.groups is not None]
     return FirstPass(
@@ -347,25 +351,41 @@ def _read_chunk(
     )
 
 
+_FileRange = Callable[[int, int], pl.LazyFrame]  # files `first` to `last` (excluded)
+
+
 def _chunks(
-    files: list[pl.LazyFrame], columns: list[str | pl.Expr], grouped: Transactions | None
-) -> Iterable[pl.LazyFrame]:
+    frame: pl.LazyFrame, judged_files: _FileRange, columns: list[str | pl.Expr],
+    grouped: Transactions | None,
+) -> Iterable[pl.LazyFrame]:  # fmt: skip
     """`columns` of the rows, all at once or, when the first pass groups them, FIRST_PASS_CHUNK_ROWS
-    rows at a time: for Parquet, slices of each file stacked (polars reads only their rows; a
-    slice of the files' union would read every row before it), for a CSV file (one frame),
+    rows at a time: for Parquet, runs of whole files and slices of a file (polars reads only
+    their rows; a slice of the files' union would read every row before it); for a CSV file,
     batches as it is parsed (a slice would parse the lines before it again)."""
     if grouped is None:
-        return [pl.concat(files).select(columns)]
+        return [frame.select(columns)]
     if grouped.source.format == "csv":
-        rows = pl.concat(files).select(columns)
+        rows = frame.select(columns)
         return (b.lazy() for b in rows.collect_batches(chunk_size=FIRST_PASS_CHUNK_ROWS))
-    # `files` is one frame per file of a folder (their rows known from reading it), or one
-    counts = list(grouped.file_rows) or [_rows(files[0])]
-    pieces = _pieces(counts, FIRST_PASS_CHUNK_ROWS)
+    counts = list(grouped.file_rows) or [_rows(frame)]  # a folder's were read with its files
     return [
-        pl.concat([files[f].select(columns).slice(start, rows) for f, start, rows in chunk])
-        for chunk in pieces
+        _chunk_frame(chunk, counts, judged_files).select(columns)
+        for chunk in _pieces(counts, FIRST_PASS_CHUNK_ROWS)
     ]
+
+
+def _chunk_frame(
+    chunk: list[tuple[int, int, int]], counts: list[int], judged_files: _FileRange
+) -> pl.LazyFrame:
+    """The rows of one chunk of `_pieces`: its whole files read together (one scan when they
+    share a schema: a chunk of 500 files of 10k rows, 3.7 -> 0.38 s), a part of a file as a
+    slice of it (only the first and last piece of a chunk can be one)."""
+    whole = [f for f, _, rows in chunk if rows == counts[f]]
+    parts = [(f, judged_files(f, f + 1).slice(start, rows))
+             for f, start, rows in chunk if rows != counts[f]]  # fmt: skip
+    if whole:
+        parts.append((whole[0], judged_files(whole[0], whole[-1] + 1)))
+    return pl.concat([rows for _, rows in sorted(parts, key=lambda part: part[0])])
 
 
 def _pieces(counts: list[int], size: int) -> list[list[tuple[int, int, int]]]:

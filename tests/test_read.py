@@ -7,6 +7,7 @@ written) and compares the per-customer RFM values with the exact figures worked 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -236,24 +237,38 @@ def test_parquet_folder_and_glob_read_every_file(tmp_path: Path, path: str) -> N
         ]
 
 
-@pytest.mark.parametrize("chunk_rows", [5_000_000, 2])
+@pytest.mark.parametrize(
+    "chunk_rows",
+    [
+        5_000_000,  # one chunk: the four files as one scan
+        2,  # a, b + c, d: runs of whole files
+        3,  # a + b, c + d: a run of two files from the third file on
+        5,  # a + b + c + the first row of d, then d's second row: a run and a slice
+    ],
+)
 def test_parquet_files_of_one_schema_name_the_file_and_row_of_an_example(
     tmp_path: Path, monkeypatch, chunk_rows: int
 ) -> None:
-    """Files of one schema are read as one scan: a row's file and row within it still come
-    out right, in the audit's examples, whole or in chunks of two rows."""
-    monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", chunk_rows)
+    """Files of one schema are read as one scan (a chunk of the first pass reads its whole
+    files as one): a row's file and row within it still come out right, in the audit's
+    examples, and the RFM table is the one of the same rows in one file."""
     frame = pl.concat([_parquet_frame(), _parquet_frame().head(2)]).with_columns(
-        pl.Series("customer_id", [1.0, 2.0, 3.0, None, None, 4.0])  # no customer: b 2, c 1
+        pl.Series("customer_id", [1.0, 2.0, 3.0, None, None, 4.0])  # no customer: c 1, d 1
     )
     (tmp_path / "parts").mkdir()
-    for name, rows in [("a", frame.head(2)), ("b", frame.slice(2, 2)), ("c", frame.tail(2))]:
-        rows.write_parquet(tmp_path / "parts" / f"{name}.parquet")
+    sizes = {"a": 2, "b": 1, "c": 1, "d": 2}
+    for name, start in zip(sizes, itertools.accumulate([0, *sizes.values()]), strict=False):
+        frame.slice(start, sizes[name]).write_parquet(tmp_path / "parts" / f"{name}.parquet")
+    frame.write_parquet(tmp_path / "whole.parquet")
+    whole = reportgen.compute_rfm_stage(_config(tmp_path, "whole.parquet"))
+    monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", chunk_rows)
     report = reportgen.compute_rfm_stage(_config(tmp_path, "parts"))
 
     [missing] = [r for r in report.audit.rules if r.rule == "missing_customer_id"]
     examples = [(Path(e["file"]).name, e["line"]) for e in missing.examples]
-    assert examples == [("b.parquet", 2), ("c.parquet", 1)]
+    assert examples == [("c.parquet", 1), ("d.parquet", 1)]
+    assert report.rfm.frame.equals(whole.rfm.frame)
+    assert report.audit.rows_read == 6
 
 
 def test_parquet_files_that_differ_read_in_chunks_as_one_table(tmp_path: Path, monkeypatch):
