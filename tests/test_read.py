@@ -149,6 +149,45 @@ def test_csv_glob_reads_every_file_as_one_table(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+@pytest.mark.parametrize("feb_header", ["same", "reordered"])
+@pytest.mark.parametrize("batches", [False, True])
+def test_csv_files_name_the_file_and_line_of_an_example(
+    tmp_path: Path, monkeypatch, encoding: str, feb_header: str, batches: bool
+) -> None:
+    """CSV files with one header are read as one scan, files whose columns differ as a union of
+    a scan per file; transcoded or not, parsed once or (large files) in batches, an example row
+    names its own file and line, and the table is the same."""
+    if batches:
+        monkeypatch.setattr(clean, "CSV_PARSED_ONCE_MAX_BYTES", 0)
+        monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", 2)
+    header, reordered = "customer_id,order_id,order_date,amount\n", feb_header == "reordered"
+    lines = {
+        "jan": ["a,1,2024-01-05,1.00", "b,2,2024-01-06,2.00"],
+        "feb": ["a,3,2024-02-01,4.00", ",4,2024-02-02,8.00", "ñ,5,2024-02-03,1.00"],
+        "mar": [",6,2024-03-01,16.00", "b,7,2024-03-02,3.00"],
+    }
+    for name, rows in lines.items():
+        if name == "feb" and reordered:  # amount first: the files' columns differ in order
+            rows = [",".join([r.split(",")[3], *r.split(",")[:3]]) for r in rows]
+        text = ("amount,customer_id,order_id,order_date\n" if name == "feb" and reordered
+                else header) + "\n".join(rows) + "\n"  # fmt: skip
+        (tmp_path / f"{name}.csv").write_bytes(text.encode(encoding))
+    config = _config(tmp_path, "*.csv", input_={"csv": {"encoding": encoding}})
+    report = reportgen.compute_rfm_stage(config)
+
+    [missing] = [r for r in report.audit.rules if r.rule == "missing_customer_id"]
+    examples = [(Path(e["file"]).name, e["line"]) for e in missing.examples]
+    assert sorted(Path(f).name for f in report.source.files) == ["feb.csv", "jan.csv", "mar.csv"]
+    assert examples == [("feb.csv", 3), ("mar.csv", 2)]
+    assert (missing.rows, missing.revenue_minor) == (2, 2400)
+    assert _rows(report) == [
+        ("a", 2, 500, _d("2024-01-05"), _d("2024-02-01"), 30, 57),
+        ("b", 2, 500, _d("2024-01-06"), _d("2024-03-02"), 0, 56),
+        ("ñ", 1, 100, _d("2024-02-03"), _d("2024-02-03"), 28, 28),
+    ]
+
+
 def test_csv_zoned_timestamps_are_converted_to_the_period_timezone(tmp_path: Path) -> None:
     """'2024-01-01T23:30:00+0000' is a purchase on 2 January in Europe/Berlin."""
     (tmp_path / "tx.csv").write_text(
