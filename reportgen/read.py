@@ -103,11 +103,9 @@ def read_transactions(cfg: InputSection, currency: str, timezone: str = "UTC") -
     scan_files, temporary = _utf8_copies(cfg, fmt, files)
     try:
         raw_files, first_line = _scan(cfg, fmt, scan_files)
-        scan = _scanner(cfg, fmt)
         several = fmt != "excel" and len(files) > 1
-        one_scan = several and _one_schema(raw_files)
-        counts = _row_counts(scan_files, scan) if one_scan else []
-        raw = _one_scan(scan_files, counts, scan) if one_scan else _concat(raw_files)
+        folder = _folder(scan_files, raw_files, _scanner(cfg, fmt)) if several else None
+        raw = _concat(folder.frames(0, len(files)) if folder else raw_files)
         schema = _schema(raw, cfg, fmt, files)
     except BaseException:
         Transactions(pl.LazyFrame(), None, 0, False, (), temporary).release()  # type: ignore[arg-type]
@@ -117,14 +115,12 @@ def read_transactions(cfg: InputSection, currency: str, timezone: str = "UTC") -
     source = Source(location, fmt, tuple(files), tuple(schema.names()), first_line)
     canonical = functools.partial(_canonical, cfg=cfg, digits=digits, tz=timezone, schema=schema)
     read_files = None
-    if several and fmt == "parquet":  # the first pass reads it in chunks of files
-        if not one_scan:  # counted once `_schema` has found every file readable
-            counts = _row_counts(scan_files, scan)
-        union = None if one_scan else raw.collect_schema()
-        read_files = _files_reader(scan_files, raw_files, counts, union, canonical, scan)
+    if folder is not None and fmt == "parquet":  # the first pass reads it in chunks of files
+        union = raw.collect_schema() if len(folder.runs) > 1 else None
+        read_files = _files_reader(folder, union, canonical)
     return Transactions(
         canonical(raw), source, digits, cfg.columns.order_id is not None, tuple(cfg.attributes),
-        tuple(temporary), tuple(counts), read_files,
+        tuple(temporary), tuple(folder.counts if folder else ()), read_files,
     )  # fmt: skip
 
 
@@ -224,14 +220,41 @@ def _concat(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
 
 
-def _one_schema(frames: list[pl.LazyFrame]) -> bool:
-    """Whether the files share one schema (CSV: the same header); a file that cannot be read:
-    no, and the union of a scan per file then reports it."""
+@dataclass(frozen=True)
+class _Folder:
+    """Several Parquet or CSV files, in runs of consecutive files of one schema (CSV: one
+    header), each run read as one scan (`_one_scan`)."""
+
+    files: list[str]  # the paths scanned (CSV in another encoding: the UTF-8 copies)
+    scans: list[pl.LazyFrame]  # a scan per file (`_scan`)
+    runs: list[tuple[int, int]]  # first and last (excluded) file of each run
+    counts: list[int]  # each file's rows (a run's scan numbers its rows from them)
+    scan: _Scan
+
+    def frames(self, first: int, last: int) -> list[pl.LazyFrame]:
+        """The rows of files `first` to `last` (excluded): a scan per run of them, or per file
+        when alone in its run (a slice of its own scan reads only its rows)."""
+        frames = []
+        for start, end in self.runs:
+            start, end = max(start, first), min(end, last)
+            if end - start == 1:
+                frames.append(self.scans[start])
+            elif end > start:
+                counts = self.counts[start:end]
+                frames.append(_one_scan(self.files[start:end], counts, self.scan, start))
+        return frames
+
+
+def _folder(files: list[str], scans: list[pl.LazyFrame], scan: _Scan) -> _Folder | None:
+    """The files in runs of one schema, or None when one cannot be read (the union of a scan per
+    file then says which, with the reason)."""
     try:
-        first = frames[0].collect_schema()
-        return all(f.collect_schema() == first for f in frames[1:])
+        schemas = [frame.collect_schema() for frame in scans]
     except (pl.exceptions.PolarsError, OSError):
-        return False
+        return None
+    starts = [i for i, schema in enumerate(schemas) if i == 0 or schema != schemas[i - 1]]
+    runs = list(itertools.pairwise([*starts, len(files)]))
+    return _Folder(files, scans, runs, _row_counts(files, scan), scan)
 
 
 _PATH, _SCAN_ROW = "__reportgen_path", "__reportgen_scan_row"
@@ -253,17 +276,14 @@ def _row_counts(files: list[str], scan: _Scan) -> list[int]:
 
 
 def _files_reader(
-    files: list[str], raw_files: list[pl.LazyFrame], counts: list[int], union: pl.Schema | None,
-    canonical: Callable[[pl.LazyFrame], pl.LazyFrame], scan: _Scan,
-) -> Callable[[int, int], pl.LazyFrame]:  # fmt: skip
-    """Transactions.read_files: the canonical rows of files `first` to `last` (excluded), as one
-    scan when they share a schema (`union` None), else each file cast to the files' `union`."""
+    folder: _Folder, union: pl.Schema | None, canonical: Callable[[pl.LazyFrame], pl.LazyFrame]
+) -> Callable[[int, int], pl.LazyFrame]:
+    """Transactions.read_files: the canonical rows of files `first` to `last` (excluded), each
+    run of one schema cast to the files' `union` (None: they all share one schema)."""
 
     def read_files(first: int, last: int) -> pl.LazyFrame:
-        if union is None and last - first > 1:
-            return canonical(_one_scan(files[first:last], counts[first:last], scan, first))
-        own = raw_files[first:last]  # one file: its own scan, which a slice reads only in part
-        return pl.concat([canonical(f if union is None else _conformed(f, union)) for f in own])
+        frames = folder.frames(first, last)
+        return pl.concat([canonical(f if union is None else _conformed(f, union)) for f in frames])
 
     return read_files
 
@@ -286,8 +306,8 @@ def _one_scan(files: list[str], counts: list[int], scan: _Scan, first: int = 0) 
 
 
 def _conformed(frame: pl.LazyFrame, union: pl.Schema) -> pl.LazyFrame:
-    """One file's frame in the schema of the files' union (`_concat`): its columns cast to the
-    union's types, the columns it lacks as nulls."""
+    """A file's or a run's frame in the schema of the files' union (`_concat`): its columns cast
+    to the union's types, the columns it lacks as nulls."""
     own = frame.collect_schema()
     return frame.select(
         pl.col(name).cast(dtype) if name in own else pl.lit(None, dtype=dtype).alias(name)

@@ -150,27 +150,28 @@ def test_csv_glob_reads_every_file_as_one_table(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
-@pytest.mark.parametrize("feb_header", ["same", "reordered"])
+@pytest.mark.parametrize("later_header", ["same", "reordered"])
 @pytest.mark.parametrize("batches", [False, True])
 def test_csv_files_name_the_file_and_line_of_an_example(
-    tmp_path: Path, monkeypatch, encoding: str, feb_header: str, batches: bool
+    tmp_path: Path, monkeypatch, encoding: str, later_header: str, batches: bool
 ) -> None:
-    """CSV files with one header are read as one scan, files whose columns differ as a union of
-    a scan per file; transcoded or not, parsed once or (large files) in batches, an example row
-    names its own file and line, and the table is the same."""
+    """CSV files are read as one scan per run of files with one header (reordered: jan.csv, then
+    feb.csv and mar.csv with the columns in another order); transcoded or not, parsed once or
+    (large files) in batches, an example row names its own file and line, and the table is the
+    same."""
     if batches:
         monkeypatch.setattr(clean, "CSV_PARSED_ONCE_MAX_BYTES", 0)
         monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", 2)
-    header, reordered = "customer_id,order_id,order_date,amount\n", feb_header == "reordered"
+    header, reordered = "customer_id,order_id,order_date,amount\n", later_header == "reordered"
     lines = {
         "jan": ["a,1,2024-01-05,1.00", "b,2,2024-01-06,2.00"],
         "feb": ["a,3,2024-02-01,4.00", ",4,2024-02-02,8.00", "ñ,5,2024-02-03,1.00"],
         "mar": [",6,2024-03-01,16.00", "b,7,2024-03-02,3.00"],
     }
     for name, rows in lines.items():
-        if name == "feb" and reordered:  # amount first: the files' columns differ in order
+        if name != "jan" and reordered:  # amount first: the files' columns differ in order
             rows = [",".join([r.split(",")[3], *r.split(",")[:3]]) for r in rows]
-        text = ("amount,customer_id,order_id,order_date\n" if name == "feb" and reordered
+        text = ("amount,customer_id,order_id,order_date\n" if name != "jan" and reordered
                 else header) + "\n".join(rows) + "\n"  # fmt: skip
         (tmp_path / f"{name}.csv").write_bytes(text.encode(encoding))
     config = _config(tmp_path, "*.csv", input_={"csv": {"encoding": encoding}})
@@ -335,6 +336,37 @@ def test_parquet_files_that_differ_read_in_chunks_as_one_table(tmp_path: Path, m
     ]
     assert chunked.rfm.frame.equals(whole.rfm.frame)
     assert chunked.audit == whole.audit
+
+
+@pytest.mark.parametrize("chunk_rows", [5_000_000, 2, 3])
+def test_parquet_files_whose_schema_changes_are_read_in_runs(
+    tmp_path: Path, monkeypatch, chunk_rows: int
+) -> None:
+    """Files a and b (integer ids, no Country) and c and d (float ids, a Country) are read as
+    two runs of one schema, also in chunks that split a run or span both: each example row
+    names its file and row, and the table is the one of the same rows in one file."""
+    frame = pl.concat([_parquet_frame(), _parquet_frame().head(2)]).with_columns(
+        pl.Series("customer_id", [1.0, None, 3.0, None, 2.0, 4.0]),  # no customer: b 1, c 1
+        pl.Series("Country", ["UK", "UK", "FR", "FR", "DE", "DE"]),
+    )
+    (tmp_path / "parts").mkdir()
+    old = frame.drop("Country").with_columns(pl.col("customer_id").cast(pl.Int64))
+    for name, rows in [("a", old.head(1)), ("b", old.slice(1, 2)), ("c", frame.slice(3, 1)),
+                       ("d", frame.tail(2))]:  # fmt: skip
+        rows.write_parquet(tmp_path / "parts" / f"{name}.parquet")
+    frame.with_columns(
+        pl.when(pl.int_range(pl.len()) >= 3).then(pl.col("Country")).alias("Country")
+    ).write_parquet(tmp_path / "whole.parquet")
+    config = {"input_": {"attributes": ["Country"]}}
+    whole = reportgen.compute_rfm_stage(_config(tmp_path, "whole.parquet", **config))
+    monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", chunk_rows)
+    report = reportgen.compute_rfm_stage(_config(tmp_path, "parts", **config))
+
+    [missing] = [r for r in report.audit.rules if r.rule == "missing_customer_id"]
+    examples = [(Path(e["file"]).name, e["line"]) for e in missing.examples]
+    assert examples == [("b.parquet", 1), ("c.parquet", 1)]
+    assert report.rfm.frame.equals(whole.rfm.frame)
+    assert report.rfm.frame["Country"].to_list() == [None, "DE", None, "DE"]
 
 
 def _zoned_frame(time_zone: str | None) -> pl.DataFrame:
