@@ -320,7 +320,8 @@ def _schema(raw: pl.LazyFrame, cfg: InputSection, fmt: str, files: list[str]) ->
     try:
         schema = raw.collect_schema()
     except pl.exceptions.NoDataError:
-        raise InputDataError(f"input.path: {cfg.path} is empty (no header, no rows)") from None
+        empty = next((f for f in files if Path(f).stat().st_size == 0), cfg.path)
+        raise InputDataError(f"input.path: {empty} is empty (no header, no rows)") from None
     except (pl.exceptions.PolarsError, OSError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputDataError(

@@ -171,6 +171,15 @@ def test_empty_csv_file(tmp_path: Path) -> None:
     _fail_case(tmp_path, {}, 4, str(path))
 
 
+def test_empty_csv_file_in_a_folder(tmp_path: Path) -> None:
+    """A 0-byte CSV among others: exit 4, that file named, not the folder."""
+    (tmp_path / "parts").mkdir()
+    _csv(tmp_path / "parts", HEADER + "a,1,2024-03-01,1.00\n", name="p1.csv")
+    empty = _csv(tmp_path / "parts", "", name="p2.csv")
+    message = _fail_case(tmp_path, {"input": {"path": "parts"}}, 4, f"{empty} is empty")
+    assert "parts is empty" not in message
+
+
 def _workbook(path: Path) -> None:
     pl.DataFrame(
         {"customer_id": ["a"], "order_id": ["1"], "order_date": [dt.datetime(2024, 3, 1)],
