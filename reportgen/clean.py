@@ -283,6 +283,9 @@ class FirstPass:
         return shown.collect()["_key"].explode().drop_nulls().rename("key")
 
 
+_FileRange = Callable[[int, int], pl.LazyFrame]  # files `first` to `last` (excluded)
+
+
 def _first_pass(
     frame: pl.LazyFrame, judged_files: _FileRange, compared: tuple[str, ...] | None,
     grouped: Transactions | None, purchases_shown: bool,
@@ -349,9 +352,6 @@ def _read_chunk(
         checks=_checks(read),
         groups=groups,
     )
-
-
-_FileRange = Callable[[int, int], pl.LazyFrame]  # files `first` to `last` (excluded)
 
 
 def _chunks(

@@ -76,7 +76,7 @@ class Transactions:
     has_order_id: bool  # without one, an order is a customer's purchases on one day
     attributes: tuple[str, ...]  # extra per-customer columns (e.g. Country)
     temporary_files: tuple[str, ...] = ()  # UTF-8 copies of other encodings; see release()
-    file_rows: tuple[int, ...] = ()  # several Parquet files: the rows of each, from its metadata
+    file_rows: tuple[int, ...] = ()  # several Parquet or CSV files: the rows of each
     read_files: Callable[[int, int], pl.LazyFrame] | None = None  # see `files_frame`
 
     def files_frame(self, first: int, last: int) -> pl.LazyFrame:
