@@ -426,7 +426,19 @@ def located_read_error(exc: Exception, source: Source, cfg: InputSection) -> Inp
                     f"{file}:{line}: this line has more fields than the header; check "
                     f"input.csv.separator ({cfg.csv.separator!r}) and the quoting in the file"
                 )
-    return InputDataError(f"{source.location}: cannot read the data: {text}")
+    where = source.location
+    if source.format == "csv" and len(source.files) > 1 and _is_utf8(cfg.csv.encoding):
+        where = next((f for f in source.files if not _parses(cfg, f)), where)
+    return InputDataError(f"{where}: cannot read the data: {text}")
+
+
+def _parses(cfg: InputSection, file: str) -> bool:
+    """Whether a CSV file parses (only asked once a folder's read failed: which file was it?)."""
+    try:
+        _scan_csv(cfg, file).collect()
+    except (pl.exceptions.PolarsError, OSError):
+        return False
+    return True
 
 
 def find_undecodable_line(path: str, encoding: str = "utf-8") -> tuple[int, int] | None:

@@ -365,6 +365,13 @@ def test_bad_value_in_the_second_of_several_files_names_that_file(tmp_path: Path
     assert "lines: 5" not in message, message
 
 
+def test_unclosed_quote_in_the_second_of_several_files_names_that_file(tmp_path: Path) -> None:
+    """A quote that never closes in p2.csv: exit 4, p2.csv named, not the glob."""
+    _csv(tmp_path, HEADER + "a,1,2024-03-01,1.00\n", name="p1.csv")
+    second = _csv(tmp_path, HEADER + 'b,"2,2024-03-01,2.00\nc,3,2024-03-01,3.00\n', name="p2.csv")
+    _fail_case(tmp_path, {"input": {"path": "p*.csv"}}, 4, f"{second}: cannot read the data")
+
+
 def test_non_numeric_quantity_or_price(tmp_path: Path) -> None:
     """quantity x unit_price with a bad quantity: exit 4, both columns named, the line."""
     _csv(tmp_path, "customer_id,order_id,order_date,qty,price\n"
