@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -380,12 +381,14 @@ def _chunk_frame(
     """The rows of one chunk of `_pieces`: its whole files read together (one scan when they
     share a schema: a chunk of 500 files of 10k rows, 3.7 -> 0.38 s), a part of a file as a
     slice of it (only the first and last piece of a chunk can be one)."""
-    whole = [f for f, _, rows in chunk if rows == counts[f]]
-    parts = [(f, judged_files(f, f + 1).slice(start, rows))
-             for f, start, rows in chunk if rows != counts[f]]  # fmt: skip
-    if whole:
-        parts.append((whole[0], judged_files(whole[0], whole[-1] + 1)))
-    return pl.concat([rows for _, rows in sorted(parts, key=lambda part: part[0])])
+    frames = []
+    for whole, run in itertools.groupby(chunk, key=lambda piece: piece[2] == counts[piece[0]]):
+        pieces = list(run)
+        if whole:
+            frames.append(judged_files(pieces[0][0], pieces[-1][0] + 1))
+        else:
+            frames += [judged_files(f, f + 1).slice(start, rows) for f, start, rows in pieces]
+    return pl.concat(frames)
 
 
 def _pieces(counts: list[int], size: int) -> list[list[tuple[int, int, int]]]:
