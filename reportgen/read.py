@@ -429,6 +429,12 @@ def located_read_error(exc: Exception, source: Source, cfg: InputSection) -> Inp
     where = source.location
     if source.format == "csv" and len(source.files) > 1 and _is_utf8(cfg.csv.encoding):
         where = next((f for f in source.files if not _parses(cfg, f)), where)
+    if source.format == "csv" and "properly escaped" in str(exc):
+        for file in source.files if where == source.location else [where]:
+            quoting = find_bad_quote(file, cfg)
+            if quoting is not None:
+                return InputDataError(f"{file}:{quoting[0]}: {quoting[1]}")
+        text = "a quoted field is not closed properly; check the quoting in the file"
     return InputDataError(f"{where}: cannot read the data: {text}")
 
 
@@ -452,6 +458,30 @@ def find_undecodable_line(path: str, encoding: str = "utf-8") -> tuple[int, int]
             except UnicodeDecodeError as exc:
                 return line + chunk[: exc.start].count(b"\n"), chunk[exc.start]
             line += chunk.count(b"\n")
+    return None
+
+
+def find_bad_quote(path: str, cfg: InputSection) -> tuple[int, str] | None:
+    """(1-based line, what is wrong) of the first CSV record whose quoting is broken, or None.
+    polars reports only the field (with every line a quote that never closes swallowed)."""
+    quote = cfg.csv.quote_char
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.reader(handle, delimiter=cfg.csv.separator, quotechar=quote, strict=True)
+        start = 1  # the line the record being read starts on
+        try:
+            for _ in reader:
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            if "end of data" in str(exc):
+                return start, (
+                    f"a field opened with a quote ({quote}) on this line is never closed (the "
+                    "rest of the file would be one value); close it or remove the quote"
+                )
+            return start, (
+                f"a quoted field is followed by more text before the next separator "
+                f"({cfg.csv.separator!r}); a quote ({quote}) inside a quoted field is written "
+                f"twice ({quote}{quote})"
+            )
     return None
 
 

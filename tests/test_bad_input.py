@@ -366,10 +366,32 @@ def test_bad_value_in_the_second_of_several_files_names_that_file(tmp_path: Path
 
 
 def test_unclosed_quote_in_the_second_of_several_files_names_that_file(tmp_path: Path) -> None:
-    """A quote that never closes in p2.csv: exit 4, p2.csv named, not the glob."""
+    """A quote that never closes in p2.csv: exit 4, p2.csv and its line named, not the glob."""
     _csv(tmp_path, HEADER + "a,1,2024-03-01,1.00\n", name="p1.csv")
     second = _csv(tmp_path, HEADER + 'b,"2,2024-03-01,2.00\nc,3,2024-03-01,3.00\n', name="p2.csv")
-    _fail_case(tmp_path, {"input": {"path": "p*.csv"}}, 4, f"{second}: cannot read the data")
+    _fail_case(tmp_path, {"input": {"path": "p*.csv"}}, 4, f"{second}:2:", "never closed")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        # the quote swallows every line after it: polars shows them all as one field
+        (
+            'b,"2,2024-03-01,2.00\nc,3,2024-03-01,3.00\nd,4,2024-03-01,4.00\n',
+            3,
+            ["never closed", "close it or remove the quote"],
+        ),
+        ('b,"2"x,2024-03-01,2.00\nc,3,2024-03-01,3.00\n', 3, ["written twice"]),
+    ],
+    ids=["never-closed", "text-after-closing-quote"],
+)
+def test_broken_quoting_names_the_line(
+    tmp_path: Path, text: str, line: int, words: list[str]
+) -> None:
+    """A field whose quoting is broken: exit 4, file:line where the field starts, the fix."""
+    path = _csv(tmp_path, HEADER + "a,1,2024-03-01,1.00\n" + text)
+    message = _fail_case(tmp_path, {}, 4, f"{path}:{line}:", *words)
+    assert "2024-03-01,3.00" not in message, message  # not polars' swallowed lines
 
 
 def test_non_numeric_quantity_or_price(tmp_path: Path) -> None:
