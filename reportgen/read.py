@@ -17,6 +17,7 @@ import csv
 import functools
 import glob
 import itertools
+import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -503,11 +504,36 @@ def _check_mapped_columns(cfg: InputSection, columns: tuple[str, ...], location:
     wanted = {f"input.columns.{k}": v for k, v in cfg.columns.mapped().items()}
     wanted |= {f"input.attributes[{i}]": a for i, a in enumerate(cfg.attributes)}
     missing = [f"{key}: {col!r}" for key, col in wanted.items() if col not in columns]
+    # polars renames a CSV header's repeated name to name_duplicated_0, ...: which was meant?
+    repeated = [f"{key}: {col!r}" for key, col in wanted.items()
+                if f"{col}_duplicated_0" in columns]  # fmt: skip
+    if repeated:
+        raise InputDataError(
+            f"{location}: mapped column(s) appear more than once in the header: "
+            f"{'; '.join(repeated)}; rename the copies so that each name is one column"
+        )
     if missing:
         raise InputDataError(
             f"{location}: mapped column(s) not found: {'; '.join(missing)}. "
-            f"The data has: {', '.join(columns)}"
+            f"The data has: {', '.join(_printable(c) for c in columns)}{_separator_hint(columns)}"
         )
+
+
+def _printable(name: str) -> str:
+    """A column name as read, control characters escaped (a binary file's 'header')."""
+    return name if name.isprintable() else repr(name)
+
+
+def _separator_hint(columns: tuple[str, ...]) -> str:
+    """A CSV read with the wrong separator has one column whose name holds the others."""
+    if len(columns) != 1:
+        return ""
+    found = [s for s in (";", "\t", "|", ",") if s in columns[0]]
+    return (
+        f". Is the separator {found[0]!r}? Set input.csv.separator: {json.dumps(found[0])}"
+        if found
+        else ""
+    )
 
 
 def _minor_digits(currency: str) -> int:

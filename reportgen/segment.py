@@ -481,7 +481,8 @@ def _check_customers(n: int, ks: list[int], cfg: SegmentationSection) -> None:
     what, fix = _what_and_fix(ks, cfg)
     if n < max(ks):
         raise InputDataError(
-            f"only {n:,} customers can be segmented (positive spend), fewer than {what}; {fix}"
+            f"only {n:,} customer{'' if n == 1 else 's'} can be segmented (positive spend), "
+            f"fewer than {what}; {fix}"
         )
 
 

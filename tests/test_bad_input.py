@@ -248,6 +248,32 @@ def test_mapped_column_that_does_not_exist(
                "The data has: customer_id, order_id, order_date, amount")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        # read with the default ',' the file is one column named after the whole header
+        (
+            HEADER.replace(",", ";") + "a;1;2024-03-01;1.00\n",
+            ["not found", "Is the separator ';'? Set input.csv.separator: \";\""],
+        ),
+        (HEADER.replace(",", "\t") + "a\t1\t2024-03-01\t1.00\n", ['input.csv.separator: "\\t"']),
+        # a binary file's "header": control characters escaped, not written to the terminal
+        ("garbage\x01\x02\n", ["The data has: 'garbage\\x01\\x02'"]),
+        # two columns named amount: polars would read the first and rename the second
+        (
+            HEADER.strip() + ",amount\na,1,2024-03-01,1.00,2.00\n",
+            ["more than once", "input.columns.amount: 'amount'", "rename the copies"],
+        ),
+    ],
+    ids=["semicolons", "tabs", "binary", "repeated-name"],
+)
+def test_header_that_does_not_fit_the_mapping(tmp_path: Path, text: str, words: list[str]) -> None:
+    """A header read wrongly or ambiguously: exit 4, what is wrong and the setting to change."""
+    _csv(tmp_path, text)
+    message = _fail_case(tmp_path, {}, 4, *words)
+    assert "\x01" not in message, message
+
+
 BAD_DATES = HEADER + (
     "a,1,2024-03-01,10.00\n"
     "b,2,01/03/2024,5.00\n"  # line 3

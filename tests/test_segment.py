@@ -403,6 +403,12 @@ def test_fewer_customers_than_k():
     assert err.value.exit_code == 4
 
 
+def test_one_customer_is_counted_in_the_singular():
+    rfm = _rfm([1], [1], [1_000])
+    with pytest.raises(InputDataError, match="only 1 customer can be segmented"):
+        segment_customers(rfm, SegmentationSection(k=2), {}, 42)
+
+
 def test_fewer_customers_than_the_k_range():
     """Auto k: the largest k of k_range is what must fit."""
     rfm = _rfm(range(6), [1, 2, 3, 4, 5, 6], [100, 200, 300, 400, 500, 600])
