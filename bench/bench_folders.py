@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import polars as pl
+from run_bench import compile_reportgen
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     single = args.data / "t10m.parquet"
     if not single.exists():
         sys.exit(f"{single} not found: run `python bench/run_bench.py --sizes 10m` first")
+    compile_reportgen()
     inputs = {("parquet", 1): str(single), ("csv", 1): str(args.data / "t10m.csv")}
     for files in args.files:
         for layout in LAYOUTS:
