@@ -9,9 +9,11 @@ resolved against the config file's folder, and every problem is reported at once
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import logging
 import os
 import re
+import typing
 import unicodedata
 import zoneinfo
 from dataclasses import dataclass
@@ -1082,12 +1084,15 @@ def _problem_of(err: ErrorDetails) -> _Problem:
     named = _KEY_PREFIX.match(message)
     if named:
         loc, message = (*loc, named.group(1)), message[named.end() :]
-    return _Problem(loc, _plain_message(err, message))
+    return _Problem(loc, _plain_message(err, message, loc))
 
 
-def _plain_message(err: ErrorDetails, message: str) -> str:
+def _plain_message(err: ErrorDetails, message: str, loc: tuple) -> str:
     kind, given = err["type"], err.get("input")
     if kind == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _keys_beside(loc), n=1)
+        if close:
+            return f"unknown key; did you mean {close[0]!r}? (`reportgen schema` lists every key)"
         return "unknown key (check the spelling; `reportgen schema` lists every key)"
     if kind == "missing":
         return "required key is missing"
@@ -1106,6 +1111,29 @@ def _merge_same_key(problems: list[_Problem]) -> list[_Problem]:
         if problem.message not in merged[problem.loc]:
             merged[problem.loc].append(problem.message)
     return [_Problem(loc, "; or ".join(messages)) for loc, messages in merged.items()]
+
+
+def _keys_beside(loc: tuple) -> list[str]:
+    """The keys of the section holding the key at `loc` ([] when it cannot be told)."""
+    model: type[BaseModel] | None = Config
+    entries = False  # the part is a list index or a mapping's key: the model stays
+    for part in loc[:-1]:
+        if entries or isinstance(part, int):
+            entries = False
+            continue
+        field = model.model_fields.get(part) if model and isinstance(part, str) else None
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+        entries = typing.get_origin(field.annotation) in (list, dict)
+    return list(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section model in `X`, `X | None`, `list[X]` or `dict[K, X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_model_in, typing.get_args(annotation))), None)
 
 
 def _is_union_tag(part: Any) -> bool:

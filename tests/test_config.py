@@ -333,7 +333,7 @@ def expected_lines(path: Path) -> list[str]:
             " (an IANA name, e.g. Europe/London)"
         ),
         f"{path}:18: cleaning.returns: Input should be 'exclude' or 'net' (got 'sometimes')",
-        f"{path}:19: outputs: {UNKNOWN_KEY}",
+        f"{path}:19: outputs: unknown key; did you mean 'output'? (`reportgen schema` lists every key)",
     ]
 
 
@@ -816,6 +816,31 @@ def test_source_file_is_not_a_user_key(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # reportgen init
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "line"),
+    [
+        (
+            "input:\n  path: tx.csv\noutputs: {}\n",
+            "3: outputs: unknown key; did you mean 'output'?",
+        ),
+        (
+            "input:\n  path: tx.csv\n  columns: {custmer_id: id}\n",
+            "3: input.columns.custmer_id: unknown key; did you mean 'customer_id'?",
+        ),
+        (
+            "input:\n  path: tx.csv\nsegmentation:\n  algoritm: gmm\n",
+            "4: segmentation.algoritm: unknown key; did you mean 'algorithm'?",
+        ),
+    ],
+    ids=["top-level", "nested", "section"],
+)
+def test_a_misspelt_key_gets_the_closest_key(tmp_path, yaml_text, line):
+    """An unknown key close to a key of its section names that key."""
+    path = write(tmp_path / "c.yaml", yaml_text)
+    lines, _ = load_problems(path)
+    assert lines == [f"{path}:{line} (`reportgen schema` lists every key)"]
 
 
 def test_init_writes_a_config_that_loads_as_is(tmp_path):
