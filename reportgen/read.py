@@ -693,7 +693,7 @@ def _scaled_money(cols: ColumnMap, schema: pl.Schema, decimal: str) -> pl.Expr:
     quantity, _ = _number(quantity_column, schema, decimal)
     unit_price, _ = _number(price_column, schema, decimal)
     exact = _fixed(quantity, _QUANTITY_SCALE) * _fixed(unit_price, _PRICE_SCALE)
-    return exact.alias(_SCALED)
+    return pl.when(_in_range(quantity * unit_price)).then(exact).alias(_SCALED)
 
 
 def _amount_exprs(cols: ColumnMap, schema: pl.Schema, digits: int, decimal: str) -> list[pl.Expr]:
@@ -708,7 +708,8 @@ def _amount_exprs(cols: ColumnMap, schema: pl.Schema, digits: int, decimal: str)
         quantity_column, price_column = cols.price_parts()
         quantity, bad_q = _number(quantity_column, schema, decimal)
         unit_price, bad_p = _number(price_column, schema, decimal)
-        amount, bad = quantity * unit_price, bad_q | bad_p
+        amount = quantity * unit_price
+        bad = bad_q | bad_p | (amount.is_not_null() & ~_in_range(amount))
         minor = _round_half_even(scaled, _QUANTITY_SCALE + _PRICE_SCALE - digits)
     return [
         minor.cast(pl.Int64).alias("amount_minor"),
@@ -748,11 +749,25 @@ def _round_half_even(value: pl.Expr, drop_digits: int) -> pl.Expr:
     return quotient + up.cast(pl.Int128)
 
 
+# Money is a finite number below this in size: its minor units then fit a 64-bit integer with
+# room for any total. NaN, infinity and larger values (1e19 in a float column) cannot be summed
+# exactly; they are reported with the values that are not numbers.
+MONEY_LIMIT = 1e15
+
+
 def _number(column: str, schema: pl.Schema, decimal: str) -> tuple[pl.Expr, pl.Expr]:
-    """The value of a number column and whether it is text that is not a number."""
+    """The value of a number column (null when it is not a number below MONEY_LIMIT) and whether
+    it holds such a value."""
     if schema[column].is_numeric():
-        return pl.col(column).cast(pl.Float64), pl.lit(False)
-    return pl.col(f"_number:{column}"), pl.col(f"_not_number:{column}")
+        value, not_number = pl.col(column).cast(pl.Float64), pl.lit(False)
+    else:
+        value, not_number = pl.col(f"_number:{column}"), pl.col(f"_not_number:{column}")
+    usable = _in_range(value)
+    return pl.when(usable).then(value), not_number | (value.is_not_null() & ~usable)
+
+
+def _in_range(value: pl.Expr) -> pl.Expr:
+    return value.is_finite() & (value.abs() < MONEY_LIMIT)
 
 
 def _parsed_numbers(cols: ColumnMap, schema: pl.Schema, decimal: str) -> list[pl.Expr]:

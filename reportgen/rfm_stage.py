@@ -33,7 +33,7 @@ from .graph import PAIRS_QUERY, PRODUCTS_QUERY, graph_queries
 from .grid import SegmentMap, load_segment_map
 from .period import Period, PeriodRequest, request_period, window_start
 from .pushdown import collect_stage, is_pushdown
-from .read import FILE, ROW, Source, located_read_error, read_transactions
+from .read import FILE, MONEY_LIMIT, ROW, Source, located_read_error, read_transactions
 from .representation import representation_frames, representation_queries
 from .rfm import RfmTable, finish_rfm, order_query, rfm_query
 
@@ -243,11 +243,14 @@ def _check_input(cleaned: Cleaned, config: Config) -> None:
         )  # fmt: skip
     if totals["bad_amounts"]:
         names = cols.amount or f"{cols.quantity}/{cols.unit_price}"
+        text = cleaned.transactions.source.format == "csv"
         _raise_with_rows(
             cleaned, "_bad_amount",
             f"{count(totals['bad_amounts'], 'value')} in {names!r} "
-            f"{'is not a number' if totals['bad_amounts'] == 1 else 'are not numbers'} "
-            f"(decimal separator {config.input.csv.decimal!r}: set input.csv.decimal if it is ',')",
+            f"{'is not a number' if totals['bad_amounts'] == 1 else 'are not numbers'} that "
+            f"can be money (text, NaN, infinity, or {MONEY_LIMIT:,.0f} or more)"
+            + (f"; decimal separator {config.input.csv.decimal!r}: set input.csv.decimal if "
+               "it is ','" if text else ""),
         )  # fmt: skip
     if totals["bad_dates"] and config.cleaning.unparseable_dates == "error":
         _raise_with_rows(

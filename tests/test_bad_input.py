@@ -382,6 +382,33 @@ def test_non_numeric_amounts(tmp_path: Path, section: dict, text: str, words: li
     _fail_case(tmp_path, {"input": section}, 4, *words)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e19, -2e15], ids=str)
+def test_float_amounts_that_cannot_be_money(tmp_path: Path, bad: float) -> None:
+    """NaN, infinity or a float too large for exact sums in a Parquet amount column: exit 4, the
+    row named; not a polars cast error."""
+    pl.DataFrame(
+        {
+            "customer_id": ["a", "b", "c"],
+            "order_id": ["1", "2", "3"],
+            "order_date": [dt.datetime(2024, 3, 1)] * 3,
+            "amount": [1.0, bad, 3.0],
+        }
+    ).write_parquet(tmp_path / "tx.parquet")
+    message = _fail_case(tmp_path, {"input": {"path": "tx.parquet"}}, 4, "1 value in 'amount'",
+                         "NaN, infinity", "first rows: 2")  # fmt: skip
+    assert "decimal" not in message and "conversion" not in message, message
+
+
+def test_quantity_times_price_too_large_for_money(tmp_path: Path) -> None:
+    """Each factor below the limit, their product not: the line is named, nothing overflows."""
+    _csv(tmp_path, "customer_id,order_id,order_date,qty,price\n"
+                   "a,1,2024-03-01,2,1.00\nb,2,2024-03-01,900000000000000,900000000000000\n"
+                   "c,3,2024-03-01,NaN,1.00\n")  # fmt: skip
+    columns = {"amount": None, "quantity": "qty", "unit_price": "price"}
+    _fail_case(tmp_path, {"input": {"columns": columns}}, 4, "2 values in 'qty/price'",
+               "first lines: 3, 4")  # fmt: skip
+
+
 def test_bad_value_in_the_second_of_several_files_names_that_file(tmp_path: Path) -> None:
     """A bad amount on line 2 of p2.csv is reported as p2.csv line 2, not line 5 of the glob."""
     _csv(tmp_path, HEADER + "a,1,2024-03-01,1.00\nb,2,2024-03-01,2.00\nc,3,2024-03-01,3.00\n",
