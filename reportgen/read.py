@@ -554,7 +554,7 @@ def _canonical(
     if not schema[cols.customer_id].is_numeric():
         texts.append(cols.customer_id)
     for step in (
-        _trimmed_texts(texts, schema),
+        _trimmed_texts(texts, schema, cols.order_date),
         _parsed_numbers(cols, schema, dec),
         [_scaled_money(cols, schema, dec)],
         *_parsed_dates(cols.order_date, schema, cfg.date_formats, tz),
@@ -587,12 +587,15 @@ def _text(column: str | None, schema: pl.Schema) -> pl.Expr:
     return pl.when(trimmed != "").then(trimmed)
 
 
-def _trimmed_texts(columns: list[str | None], schema: pl.Schema) -> list[pl.Expr]:
+def _trimmed_texts(columns: list[str | None], schema: pl.Schema, dates: str) -> list[pl.Expr]:
     """The mapped columns that are not numbers or dates, trimmed, as `_trimmed:NAME`: every
-    later use reads the column (an expression repeated in another is computed again)."""
+    later use reads the column (an expression repeated in another is computed again). The
+    `dates` column is text to parse unless it holds dates (an integer 20240301 reads with
+    '%Y%m%d')."""
     texts = dict.fromkeys(
         c for c in columns
-        if c is not None and not schema[c].is_numeric() and not schema[c].is_temporal()
+        if c is not None and not schema[c].is_temporal()
+        and (c == dates or not schema[c].is_numeric())
     )  # fmt: skip
     return [_trimmed(c).alias(f"_trimmed:{c}") for c in texts]
 

@@ -33,7 +33,15 @@ from .graph import PAIRS_QUERY, PRODUCTS_QUERY, graph_queries
 from .grid import SegmentMap, load_segment_map
 from .period import Period, PeriodRequest, request_period, window_start
 from .pushdown import collect_stage, is_pushdown
-from .read import FILE, MONEY_LIMIT, ROW, Source, located_read_error, read_transactions
+from .read import (
+    FILE,
+    MONEY_LIMIT,
+    ROW,
+    SOURCE_PREFIX,
+    Source,
+    located_read_error,
+    read_transactions,
+)
 from .representation import representation_frames, representation_queries
 from .rfm import RfmTable, finish_rfm, order_query, rfm_query
 
@@ -257,7 +265,7 @@ def _check_input(cleaned: Cleaned, config: Config) -> None:
             cleaned, "_bad_date",
             f"{count(totals['bad_dates'], 'date')} in {cols.order_date!r} match none of "
             f"input.date_formats {config.input.date_formats}: add their format, or set "
-            "cleaning.unparseable_dates: drop to drop and audit them",
+            f"cleaning.unparseable_dates: drop to drop and audit them{_numeric_dates(cleaned, cols.order_date)}",
         )  # fmt: skip
     if totals["zoned"] and totals["naive"]:
         _raise_with_rows(
@@ -266,6 +274,18 @@ def _check_input(cleaned: Cleaned, config: Config) -> None:
             f"and without one ({totals['naive']:,}); make them all one kind",
         )  # fmt: skip
     _check_currency(totals["currencies"], cleaned, config)
+
+
+def _numeric_dates(cleaned: Cleaned, column: str) -> str:
+    """A hint when the date column holds numbers: dates written as numbers are read with a
+    format; a count of seconds since 1970 is not a date reportgen guesses the unit of."""
+    dtype = cleaned.transactions.frame.collect_schema()[SOURCE_PREFIX + column]
+    if not dtype.is_numeric():
+        return ""
+    return (
+        f". The column holds numbers ({dtype}): 20240301 reads with '%Y%m%d'; timestamps "
+        "counted from 1970 must be exported as dates or text"
+    )
 
 
 def _counted(number: int, noun: str) -> str:

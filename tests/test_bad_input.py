@@ -399,6 +399,21 @@ def test_float_amounts_that_cannot_be_money(tmp_path: Path, bad: float) -> None:
     assert "decimal" not in message and "conversion" not in message, message
 
 
+def test_dates_stored_as_epoch_seconds(tmp_path: Path) -> None:
+    """An integer date column that no format reads (seconds since 1970): exit 4, the rows and
+    what to do, not a polars planning error."""
+    pl.DataFrame(
+        {
+            "customer_id": ["a", "b"],
+            "order_id": ["1", "2"],
+            "order_date": [1709251200, 1709337600],
+            "amount": [1.0, 2.0],
+        }
+    ).write_parquet(tmp_path / "tx.parquet")
+    _fail_case(tmp_path, {"input": {"path": "tx.parquet"}}, 4, "2 dates in 'order_date'",
+               "holds numbers (Int64)", "'%Y%m%d'", "exported as dates", "first rows: 1, 2")  # fmt: skip
+
+
 def test_quantity_times_price_too_large_for_money(tmp_path: Path) -> None:
     """Each factor below the limit, their product not: the line is named, nothing overflows."""
     _csv(tmp_path, "customer_id,order_id,order_date,qty,price\n"

@@ -444,6 +444,22 @@ def test_parquet_date_column(tmp_path: Path) -> None:
     assert _rows(report) == [("a", 2, 300, _d("2024-05-01"), _d("2024-05-31"), 0, 30)]
 
 
+def test_parquet_dates_stored_as_integers_read_with_a_format(tmp_path: Path) -> None:
+    """An Int64 column of 20240501-style dates is parsed with input.date_formats."""
+    pl.DataFrame(
+        {
+            "customer_id": ["a", "a"],
+            "order_id": ["1", "2"],
+            "order_date": [20240501, 20240531],
+            "amount": [1.0, 2.0],
+        }
+    ).write_parquet(tmp_path / "tx.parquet")
+    config = _config(tmp_path, "tx.parquet", input_={"date_formats": ["%Y%m%d"]})
+    report = reportgen.compute_rfm_stage(config)
+
+    assert _rows(report) == [("a", 2, 300, _d("2024-05-01"), _d("2024-05-31"), 0, 30)]
+
+
 # --- Excel -------------------------------------------------------------------------------------
 
 
