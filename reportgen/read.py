@@ -20,7 +20,7 @@ import itertools
 import json
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -111,7 +111,7 @@ def read_transactions(cfg: InputSection, currency: str, timezone: str = "UTC") -
     except BaseException:
         Transactions(pl.LazyFrame(), None, 0, False, (), temporary).release()  # type: ignore[arg-type]
         raise
-    _check_mapped_columns(cfg, tuple(schema.names()), location)
+    check_mapped_columns(cfg.columns, cfg.attributes, tuple(schema.names()), location)
     digits = _minor_digits(currency)
     source = Source(location, fmt, tuple(files), tuple(schema.names()), first_line)
     canonical = functools.partial(_canonical, cfg=cfg, digits=digits, tz=timezone, schema=schema)
@@ -500,10 +500,16 @@ def find_ragged_line(path: str, cfg: InputSection) -> int | None:
 # --- mapping to the canonical schema -----------------------------------------------------------
 
 
-def _check_mapped_columns(cfg: InputSection, columns: tuple[str, ...], location: str) -> None:
-    wanted = {f"input.columns.{k}": v for k, v in cfg.columns.mapped().items()}
-    wanted |= {f"input.attributes[{i}]": a for i, a in enumerate(cfg.attributes)}
-    missing = [f"{key}: {col!r}" for key, col in wanted.items() if col not in columns]
+def check_mapped_columns(
+    mapping: ColumnMap, attributes: Sequence[str], columns: tuple[str, ...], location: str
+) -> None:
+    """Every mapped column and attribute is one of `columns` (a file's or a table's), once."""
+    wanted = {f"input.columns.{k}": v for k, v in mapping.mapped().items()}
+    wanted |= {f"input.attributes[{i}]": a for i, a in enumerate(attributes)}
+    missing = [
+        f"{key}: {col!r}{_closest_column(col, columns)}"
+        for key, col in wanted.items() if col not in columns
+    ]  # fmt: skip
     # polars renames a CSV header's repeated name to name_duplicated_0, ...: which was meant?
     repeated = [f"{key}: {col!r}" for key, col in wanted.items()
                 if f"{col}_duplicated_0" in columns]  # fmt: skip
@@ -517,6 +523,18 @@ def _check_mapped_columns(cfg: InputSection, columns: tuple[str, ...], location:
             f"{location}: mapped column(s) not found: {'; '.join(missing)}. "
             f"The data has: {', '.join(_printable(c) for c in columns)}{_separator_hint(columns)}"
         )
+
+
+def _closest_column(name: str, columns: tuple[str, ...]) -> str:
+    """' (did you mean ...?)' naming a column of the same letters and digits in another case or
+    spacing ('Customer ID' for 'customer_id'). Close spellings are not offered: 'invoice_dat'
+    is close to both 'invoice_date' and 'invoice_id'."""
+
+    def letters(text: str) -> str:
+        return "".join(c for c in text.casefold() if c.isalnum())
+
+    same = [c for c in columns if letters(c) == letters(name)]
+    return f" (did you mean {same[0]!r}?)" if same else ""
 
 
 def _printable(name: str) -> str:

@@ -32,6 +32,7 @@ import polars as pl
 from .clean import RULES
 from .config import CleaningSection, ColumnMap
 from .errors import ConfigError, InputDataError
+from .read import check_mapped_columns
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,7 @@ def check_config(cleaning: CleaningSection) -> None:
 def check_source(src: SqlSource) -> None:
     """Refuse columns the queries cannot read, naming the column, its key and the fix."""
     cols = src.columns
-    wanted = {f"input.columns.{k}": v for k, v in cols.mapped().items()}
-    wanted |= {f"input.attributes[{i}]": a for i, a in enumerate(src.attributes)}
-    missing = [f"{key}: {col!r}" for key, col in wanted.items() if col not in src.schema]
-    if missing:
-        raise InputDataError(
-            f"{src.location}: mapped column(s) not found: {'; '.join(missing)}. "
-            f"The data has: {', '.join(src.schema)}"
-        )
+    check_mapped_columns(cols, src.attributes, tuple(src.schema), src.location)
     for key in ("amount", "quantity", "unit_price"):
         name = getattr(cols, key)
         if name is not None and not src.schema[name].is_numeric():

@@ -248,6 +248,15 @@ def test_mapped_column_that_does_not_exist(
                "The data has: customer_id, order_id, order_date, amount")  # fmt: skip
 
 
+def test_mapped_column_in_another_case_or_spacing_is_suggested(tmp_path: Path) -> None:
+    """'Customer ID' and 'amount ' in the header: each mapped name gets its likely column;
+    a merely similar name ('order_dat') is not offered, as it could be meant for another key."""
+    _csv(tmp_path, "Customer ID,order_id,order_dat,amount \na,1,2024-03-01,1.00\n")
+    message = _fail_case(tmp_path, {}, 4, "'customer_id' (did you mean 'Customer ID'?)",
+                         "'amount' (did you mean 'amount '?)")  # fmt: skip
+    assert "'order_date' (did you mean" not in message, message
+
+
 @pytest.mark.parametrize(
     ("text", "words"),
     [
