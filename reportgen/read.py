@@ -521,7 +521,8 @@ def check_mapped_columns(
     if missing:
         raise InputDataError(
             f"{location}: mapped column(s) not found: {'; '.join(missing)}. "
-            f"The data has: {', '.join(_printable(c) for c in columns)}{_separator_hint(columns)}"
+            f"The data has: {', '.join(_printable(c) for c in columns)}"
+            f"{_header_hint(columns, len(missing) == len(wanted))}"
         )
 
 
@@ -542,16 +543,24 @@ def _printable(name: str) -> str:
     return name if name.isprintable() else repr(name)
 
 
-def _separator_hint(columns: tuple[str, ...]) -> str:
-    """A CSV read with the wrong separator has one column whose name holds the others."""
-    if len(columns) != 1:
-        return ""
-    found = [s for s in (";", "\t", "|", ",") if s in columns[0]]
-    return (
-        f". Is the separator {found[0]!r}? Set input.csv.separator: {json.dumps(found[0])}"
-        if found
-        else ""
+def _header_hint(columns: tuple[str, ...], none_found: bool) -> str:
+    """Why a file's header may hold none of the mapped names: a CSV read with the wrong separator
+    has one column whose name holds the others; a title above the header is read as the header
+    (a sheet's empty cells beside it named __UNNAMED__1...)."""
+    alone = columns[0] if len(columns) == 1 else ""
+    separators = [s for s in (";", "\t", "|", ",") if s in alone]
+    if separators:
+        chosen = separators[0]
+        return f". Is the separator {chosen!r}? Set input.csv.separator: {json.dumps(chosen)}"
+    titled = (alone != "" and alone.isprintable()) or any(
+        c.startswith("__UNNAMED__") for c in columns
     )
+    if none_found and titled:
+        return (
+            ". Is there a title above the header? The first row must be the header: "
+            "remove the rows above it"
+        )
+    return ""
 
 
 def _minor_digits(currency: str) -> int:

@@ -187,6 +187,29 @@ def _workbook(path: Path) -> None:
     ).write_excel(path, worksheet="Tx")  # fmt: skip
 
 
+def test_title_above_the_header_is_named_as_the_likely_cause(tmp_path: Path) -> None:
+    """A sheet whose first row is a title, the header two rows below: exit 4, the hint."""
+    import xlsxwriter
+
+    frame = pl.DataFrame(
+        {"customer_id": ["a"], "order_id": ["1"], "order_date": [dt.datetime(2024, 3, 1)],
+         "amount": [1.0]}
+    )  # fmt: skip
+    with xlsxwriter.Workbook(tmp_path / "tx.xlsx") as workbook:
+        sheet = workbook.add_worksheet()
+        sheet.write(0, 0, "Sales export, March 2024")
+        frame.write_excel(workbook, worksheet=sheet, position="A3")
+    _fail_case(tmp_path, {"input": {"path": "tx.xlsx"}}, 4, "Sales export, March 2024",
+               "Is there a title above the header?", "remove the rows above it")  # fmt: skip
+
+
+def test_header_of_other_names_gets_no_title_hint(tmp_path: Path) -> None:
+    """Several named columns, none mapped: the columns are listed, no guess about a title."""
+    _csv(tmp_path, "id,number,day,total\na,1,2024-03-01,1.00\n")
+    message = _fail_case(tmp_path, {}, 4, "The data has: id, number, day, total")
+    assert "title" not in message, message
+
+
 @pytest.mark.parametrize("sheet", ["Nope", 3])
 def test_excel_sheet_that_does_not_exist(tmp_path: Path, sheet: str | int) -> None:
     """A sheet name or position the workbook lacks: exit 4, the file named."""
