@@ -56,3 +56,8 @@ EXIT_CODES = {
     7: "another run holds the lock of this report",
     130: "interrupted",
 }
+
+
+def counted(number: int, noun: str) -> str:
+    """'1 customer', '2,000 customers': a count for a message."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"

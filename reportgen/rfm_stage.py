@@ -28,7 +28,7 @@ from .clean import (
 )
 from .config import Config
 from .eda import Eda, build_eda, month_columns, month_totals
-from .errors import InputDataError
+from .errors import InputDataError, counted
 from .graph import PAIRS_QUERY, PRODUCTS_QUERY, graph_queries
 from .grid import SegmentMap, load_segment_map
 from .period import Period, PeriodRequest, request_period, window_start
@@ -239,14 +239,13 @@ def _check_input(cleaned: Cleaned, config: Config) -> None:
     """Values that make the data unusable as configured (the first pass's checks): stop and show
     where they are."""
     cols = config.input.columns
-    count = _counted
     totals = cleaned.checks.row(0, named=True)
     if cleaned.rows_read == 0:
         raise InputDataError(f"{cleaned.transactions.source.location}: the table has no rows")
     if totals["bad_ids"]:
         _raise_with_rows(
             cleaned, "_bad_id",
-            f"{count(totals['bad_ids'], 'customer id')} in column {cols.customer_id!r} stored as "
+            f"{counted(totals['bad_ids'], 'customer id')} in column {cols.customer_id!r} stored as "
             "floats with a fraction or at or above 2^53 (digits lost); export the column as text",
         )  # fmt: skip
     if totals["bad_amounts"]:
@@ -254,7 +253,7 @@ def _check_input(cleaned: Cleaned, config: Config) -> None:
         text = cleaned.transactions.source.format == "csv"
         _raise_with_rows(
             cleaned, "_bad_amount",
-            f"{count(totals['bad_amounts'], 'value')} in {names!r} "
+            f"{counted(totals['bad_amounts'], 'value')} in {names!r} "
             f"{'is not a number' if totals['bad_amounts'] == 1 else 'are not numbers'} that "
             f"can be money (text, NaN, infinity, or {MONEY_LIMIT:,.0f} or more)"
             + (f"; decimal separator {config.input.csv.decimal!r}: set input.csv.decimal if "
@@ -263,9 +262,10 @@ def _check_input(cleaned: Cleaned, config: Config) -> None:
     if totals["bad_dates"] and config.cleaning.unparseable_dates == "error":
         _raise_with_rows(
             cleaned, "_bad_date",
-            f"{count(totals['bad_dates'], 'date')} in {cols.order_date!r} match none of "
+            f"{counted(totals['bad_dates'], 'date')} in {cols.order_date!r} match none of "
             f"input.date_formats {config.input.date_formats}: add their format, or set "
-            f"cleaning.unparseable_dates: drop to drop and audit them{_numeric_dates(cleaned, cols.order_date)}",
+            "cleaning.unparseable_dates: drop to drop and audit them"
+            + _numeric_dates(cleaned, cols.order_date),
         )  # fmt: skip
     if totals["zoned"] and totals["naive"]:
         _raise_with_rows(
@@ -286,10 +286,6 @@ def _numeric_dates(cleaned: Cleaned, column: str) -> str:
         f". The column holds numbers ({dtype}): 20240301 reads with '%Y%m%d'; timestamps "
         "counted from 1970 must be exported as dates or text"
     )
-
-
-def _counted(number: int, noun: str) -> str:
-    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _raise_with_rows(cleaned: Cleaned, flag: str, message: str) -> None:

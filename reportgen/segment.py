@@ -37,7 +37,7 @@ import polars as pl
 
 from .algorithms import kmeans_model
 from .config import PlaybookEntry, SegmentationSection
-from .errors import ConfigError, InputDataError
+from .errors import ConfigError, InputDataError, counted
 from .playbook import (
     REVENUE_AT_STAKE_DEFINITION,
     SEGMENT_NAMES,
@@ -481,8 +481,8 @@ def _check_customers(n: int, ks: list[int], cfg: SegmentationSection) -> None:
     what, fix = _what_and_fix(ks, cfg)
     if n < max(ks):
         raise InputDataError(
-            f"only {n:,} customer{'' if n == 1 else 's'} can be segmented (positive spend), "
-            f"fewer than {what}; {fix}"
+            f"only {counted(n, 'customer')} can be segmented (positive spend), fewer than "
+            f"{what}; {fix}"
         )
 
 
