@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from .config import CleaningSection
@@ -412,16 +411,12 @@ def _pieces(counts: list[int], size: int) -> list[list[tuple[int, int, int]]]:
 
 
 def _candidates(hashed: pl.DataFrame) -> pl.Series:
-    """The keys of the rows whose hash occurs more than once."""
-    repeated = pl.Series(_repeated(hashed["_hash"].to_numpy(writable=True)))
+    """The keys of the rows whose hash occurs more than once: the hashes sorted, each compared
+    with the one before (10M hashes: 0.35 s, numpy's sort 0.5 s with the copy out, a group-by
+    or `is_duplicated` 1.7-2.4 s)."""
+    ordered = hashed["_hash"].sort()
+    repeated = ordered.filter(ordered == ordered.shift(1)).unique()
     return hashed.filter(pl.col("_hash").is_in(repeated.implode()))["_key"]
-
-
-def _repeated(hashes: np.ndarray) -> np.ndarray:
-    """The values occurring more than once; sorts `hashes` in place (numpy sorts 10M 64-bit
-    integers in 0.1 s, polars in 0.3 s)."""
-    hashes.sort()
-    return np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
 
 
 def _row_key() -> pl.Expr:
