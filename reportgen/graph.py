@@ -2,7 +2,7 @@
 
 Steps (issue 9):
 1. the kept purchase lines give each customer's set of products (collected by the pipeline
-   once duplicates are settled: `graph_queries`); excluded products (postage, fees) and
+   once duplicates are settled: `purchase_lines.graph_queries`); excluded products (postage, fees) and
    products bought by more than `max_product_share` of the customers are left out: they link
    everyone;
 2. similarity: cosine of the customers' product vectors weighted by inverse document frequency
@@ -29,16 +29,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from .clean import IS_RETURN, REASON, Cleaned
-from .config import Config, GraphSection
-from .errors import ConfigError, InputDataError
-from .read import SOURCE_PREFIX
+from .config import GraphSection
+from .errors import ConfigError
 from .rfm import RfmTable
 from .segment import Segmentation, revenue_expr, segment_columns
 
 log = logging.getLogger(__name__)
 
-PAIRS_QUERY, PRODUCTS_QUERY = "graph_pairs", "graph_products"
 EXTRA_HINT = "pip install 'reportgen[graph]'"
 _BLOCK_CELLS = 4_000_000  # similarity cells computed at once (32 MB): memory stays bounded
 _MIN_SIMILARITY = 1e-9  # below this, rounding noise: no link
@@ -122,42 +119,6 @@ def _networkx() -> Any:
     if message:
         raise ConfigError(f"graph.enabled: {message}")
     return importlib.import_module("networkx")
-
-
-# ---------------------------------------------------------------------------------------------
-# Lazy queries (collected with the rest of the pipeline)
-
-
-def graph_queries(cleaned: Cleaned, config: Config) -> dict[str, pl.LazyFrame]:
-    """Unique (customer_id, product_id) pairs of kept purchase lines, and product names."""
-    cfg = config.graph
-    if not cfg.enabled or config.input.columns.product_id is None:
-        return {}
-    lines = cleaned.frame.filter(
-        pl.col(REASON).is_null() & ~pl.col(IS_RETURN) & pl.col("product_id").is_not_null()
-    )
-    # numeric ids may be read as integers; the RFM table (and every export) holds them as text
-    pairs = lines.select(
-        pl.col("customer_id").cast(pl.String), pl.col("product_id").cast(pl.String)
-    )
-    queries = {PAIRS_QUERY: pairs.unique()}
-    if cfg.description_column is not None:
-        _check_description_column(cfg.description_column, cleaned)
-        text = pl.col(SOURCE_PREFIX + cfg.description_column).cast(pl.String).str.strip_chars()
-        queries[PRODUCTS_QUERY] = lines.group_by("product_id").agg(
-            # the most frequent name of a product (ties: the first in sort order)
-            text.drop_nulls().mode().sort().first().alias("description")
-        )
-    return queries
-
-
-def _check_description_column(column: str, cleaned: Cleaned) -> None:
-    source = cleaned.transactions.source
-    if column not in source.columns:
-        raise InputDataError(
-            f"{source.location}: graph.description_column {column!r} is not a column of the "
-            f"data (it has: {', '.join(source.columns)}); fix the name or set it to null"
-        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,11 +23,12 @@ from .comparison import Comparison, compare_segmentations
 from .config import Config, load_config
 from .export import write_exports
 from .fairness import FairnessAudit, audit_fairness
-from .graph import PAIRS_QUERY, PRODUCTS_QUERY, CustomerGraph, build_customer_graph
+from .graph import CustomerGraph, build_customer_graph
 from .history import Snapshot, previous_snapshot, snapshot_of
 from .mail import SmtpFactory, email_settings, keep_marker, read_marker, send_password, send_run
 from .model import Report
 from .output import prepare_report_dir, report_lock, write_run_folder
+from .purchase_lines import PAIRS_QUERY, PRODUCTS_QUERY
 from .representation import Representation, build_representation
 from .rfm_stage import RfmStage, Stage, compute_rfm_stage, quiet
 from .segment import PreviousSegments, Segmentation, segment_customers

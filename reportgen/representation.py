@@ -12,7 +12,8 @@ RFM definitions):
   of the customer's spend per value, for the `share_top` values with the most spend overall,
   and the rest as `other`.
 The basket sizes and spend shares come from lazy per-customer queries over the kept purchase
-lines, collected by the pipeline once duplicates are settled (`representation_queries`).
+lines, collected by the RFM stage once duplicates are settled
+(`purchase_lines.representation_queries`).
 Skewed counts and amounts get log1p, then every feature is standardized; a constant feature is
 left out (and said so).
 
@@ -33,16 +34,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from .clean import IS_RETURN, REASON, Cleaned
 from .config import Config, EmbeddingOptions
 from .errors import ConfigError
-from .rfm import RfmTable, within_customer
+from .purchase_lines import BASKET, SHARE_PREFIX, share_columns
+from .rfm import RfmTable
 from .segment import feature_matrix, fit_transform
 
 log = logging.getLogger(__name__)
 
-BASKET = "repr_basket"
-SHARE_PREFIX = "repr_share:"
 # adam at 0.01 (scikit-learn's default is 0.001): on the sample data 100 epochs reach R^2 ~0.85
 # in ~3 s, where 0.001 needs 300 epochs for ~0.75
 LEARNING_RATE = 0.01
@@ -114,43 +113,6 @@ class Representation:
     def compared(self) -> Space:
         """The space compared with RFM: the embedding if trained, else the features."""
         return self.embedding.space if self.embedding is not None else self.space
-
-
-# ---------------------------------------------------------------------------------------------
-# The lazy per-customer queries (collected with the audit, EDA and RFM)
-
-
-def share_columns(config: Config) -> list[str]:
-    """The attribute columns whose spend shares are features."""
-    rep = config.representation
-    return list(config.input.attributes if rep.share_columns is None else rep.share_columns)
-
-
-def representation_queries(cleaned: Cleaned, config: Config) -> dict[str, pl.LazyFrame]:
-    """Basket sizes and spend shares per customer (kept purchase lines); {} unless extended."""
-    if config.representation.features != "extended":
-        return {}
-    purchases = cleaned.frame.filter(pl.col(REASON).is_null() & ~pl.col(IS_RETURN))
-    customer = pl.col("customer_id").cast(pl.String)  # numeric ids become text, as in the RFM table
-    queries = {}
-    if config.input.columns.product_id is not None:
-        # an order within a customer: its id, or without ids, the day (as rfm_query groups)
-        orders = purchases.group_by("customer_id", within_customer(cleaned)).agg(
-            pl.col("product_id").drop_nulls().n_unique().alias("products")
-        )
-        queries[BASKET] = orders.group_by(customer).agg(
-            pl.col("products").mean().alias("basket_size")
-        )
-    for column in share_columns(config):
-        queries[SHARE_PREFIX + column] = purchases.group_by(
-            customer, pl.col(column).cast(pl.String).alias("value")
-        ).agg(pl.col("amount_minor").sum().alias("spend_minor"))
-    return queries
-
-
-def representation_frames(results: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
-    """The collected frames of `representation_queries` from the pipeline's results."""
-    return {k: v for k, v in results.items() if k == BASKET or k.startswith(SHARE_PREFIX)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,9 +29,9 @@ from .clean import (
 from .config import Config
 from .eda import Eda, build_eda, month_columns, month_totals
 from .errors import InputDataError, counted
-from .graph import PAIRS_QUERY, PRODUCTS_QUERY, graph_queries
 from .grid import SegmentMap, load_segment_map
 from .period import Period, PeriodRequest, request_period, window_start
+from .purchase_lines import PAIRS_QUERY, PRODUCTS_QUERY, line_queries, representation_frames
 from .pushdown import collect_stage, is_pushdown
 from .read import (
     FILE,
@@ -42,7 +42,6 @@ from .read import (
     located_read_error,
     read_transactions,
 )
-from .representation import representation_frames, representation_queries
 from .rfm import RfmTable, finish_rfm, order_query, rfm_query
 
 Stage = Callable[[str], None]  # told the name of each step as it starts (the CLI's progress)
@@ -131,7 +130,7 @@ def _collect(cleaned: Cleaned, config: Config) -> tuple[dict[str, pl.DataFrame],
     cleaned = dataclasses.replace(cleaned, content_groups=None)  # held once: `del groups` frees
     fetched = shown_and_candidates_query(cleaned).collect()
     cleaned = settle_duplicates(cleaned, fetched, results, examples)
-    lines = graph_queries(cleaned, config) | representation_queries(cleaned, config)
+    lines = line_queries(cleaned, config)
     if lines:  # graph.enabled or features: extended read the purchase lines again
         results |= _collect_rows(lines, cleaned)
     groups = results.pop("groups")

@@ -24,10 +24,9 @@ from reportgen.context import build_context
 from reportgen.export import build_summary, dumps_json, write_exports
 from reportgen.grid import load_segment_map
 from reportgen.pipeline import compute_report
+from reportgen.purchase_lines import BASKET, SHARE_PREFIX
 from reportgen.render import render_html
 from reportgen.representation import (
-    BASKET,
-    SHARE_PREFIX,
     Space,
     build_representation,
     extended_features,
