@@ -28,12 +28,13 @@ from polars.datatypes import DataTypeClass
 
 from .clean import AS_OF, REASON, Cleaned
 from .config import Config, DatabaseInput, InputSection, SparkInput
-from .errors import ConfigError, InputDataError
+from .errors import ConfigError, InputDataError, counted
 from .period import PeriodRequest, window_start
-from .read import FILE, ROW, Source, Transactions, _customer_exprs
+from .read import FILE, MONEY_LIMIT, ROW, Source, Transactions, _customer_exprs
 from .sql import (
     SqlSource,
     attribute_query,
+    bad_amount_test,
     canonical_query,
     check_config,
     check_source,
@@ -83,15 +84,13 @@ def collect_stage(config: Config, request: PeriodRequest) -> PushedStage:
         )
         check_source(src)
         src = dataclasses.replace(src, canonical=engine.materialize(canonical_query(src)))
-        frames = _run_queries(engine, src, request)
+        frames = _run_queries(engine, src, request, config)
     finally:
         engine.close()
     source = Source(engine.location, engine.kind, (engine.location,), tuple(src.schema), 1)
     tx = Transactions(pl.LazyFrame(), source, src.minor_digits, src.has_order_id, src.attributes)
     cleaned = Cleaned(pl.LazyFrame(), tx, request.window_days)
-    results = _results(frames, src)
-    _check_totals(results["totals"].row(0, named=True), src, config)
-    return PushedStage(cleaned, results)
+    return PushedStage(cleaned, _results(frames, src))
 
 
 def _check_supported(config: Config) -> None:
@@ -117,8 +116,11 @@ def _minor_digits(currency: str) -> int:
     return get_currency_precision(currency)
 
 
-def _run_queries(engine: Engine, src: SqlSource, request: PeriodRequest) -> dict[str, Any]:
+def _run_queries(
+    engine: Engine, src: SqlSource, request: PeriodRequest, config: Config
+) -> dict[str, Any]:
     scan = engine.fetch(scan_query(src), "scan")
+    _check_scan(_scan_row(scan), src, config)  # before the other queries: they take as long
     as_of = request.as_of
     if as_of is None:  # `latest`: the last clean purchase, which the scan found
         as_of = scan["latest_clean"][0]
@@ -168,15 +170,19 @@ def _by_rule(rules: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([per_rule, duplicates]).rename({"reason": REASON})
 
 
-def _totals(scan: pl.DataFrame, rules: pl.DataFrame, as_of: dt.date | None) -> pl.DataFrame:
+def _scan_row(scan: pl.DataFrame) -> dict[str, Any]:
     counts = [c for c in scan.columns if scan.schema[c].is_numeric()]  # some engines: DECIMAL
     row = scan.with_columns(pl.col(counts).cast(pl.Int64)).row(0, named=True)
+    bounds = (row.get("currency_min"), row.get("currency_max"))  # with a currency column
+    return row | {"currencies": sorted({c for c in bounds if c is not None})}
+
+
+def _totals(scan: pl.DataFrame, rules: pl.DataFrame, as_of: dt.date | None) -> pl.DataFrame:
+    row = _scan_row(scan)
     netted = rules.filter(pl.col("reason").is_null() & (pl.col("is_return") == 1))
     kept_dates = rules.filter(pl.col("reason").is_null() | (pl.col("reason") == "before_window"))[
         "max_date"
     ]
-    bounds = (row.get("currency_min"), row.get("currency_max"))  # with a currency column
-    currencies = sorted({c for c in bounds if c is not None})
     values: dict[str, tuple[Any, pl.DataType | DataTypeClass]] = {
         "rows": (row["n_rows"], _COUNT),
         "revenue": (row["revenue"] or 0, pl.Int64),
@@ -188,11 +194,11 @@ def _totals(scan: pl.DataFrame, rules: pl.DataFrame, as_of: dt.date | None) -> p
         "netted_revenue": (int(netted["revenue"].sum()), pl.Int64),
         **{f"missing:{c}": (row[f"missing_{c}"], _COUNT) for c in _MISSING},
         "bad_ids": (row["bad_ids"], _COUNT),
-        "bad_amounts": (0, _COUNT),  # money columns are numeric (checked in sql.check_source)
+        "bad_amounts": (row["bad_amounts"], _COUNT),
         "bad_dates": (row["bad_dates"], _COUNT),
         "zoned": (0, _COUNT),  # a typed column cannot mix zoned and naive timestamps
         "naive": (0, _COUNT),
-        "currencies": (currencies, pl.List(pl.String)),
+        "currencies": (row["currencies"], pl.List(pl.String)),
     }
     return pl.DataFrame(
         {k: [v] for k, (v, _) in values.items()},
@@ -273,23 +279,26 @@ def _months(months: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _check_totals(totals: dict, src: SqlSource, config: Config) -> None:
+def _check_scan(scan: dict[str, Any], src: SqlSource, config: Config) -> None:
     """The checks of rfm_stage `_check_input`, without row positions (tables have none)."""
     cols, where = config.input.columns, src.location
-    if totals["rows"] == 0:
+    if scan["n_rows"] == 0:
         raise InputDataError(f"{where}: the table has no rows")
-    if totals["bad_ids"]:
+    if scan["bad_ids"]:
         raise InputDataError(
-            f"{where}: {totals['bad_ids']:,} customer id(s) in column {cols.customer_id!r} "
-            "stored as floats with a fraction or at or above 2^53 (digits lost); store the ids "
-            "as text or integers"
+            f"{where}: {counted(scan['bad_ids'], 'customer id')} in column "
+            f"{cols.customer_id!r} stored as floats with a fraction or at or above 2^53 (digits "
+            "lost); store the ids as text or integers"
         )
-    if totals["bad_dates"] and config.cleaning.unparseable_dates == "error":
+    if scan["bad_amounts"]:
+        raise InputDataError(f"{where}: {_bad_amounts_message(scan, src)}")
+    if scan["bad_dates"] and config.cleaning.unparseable_dates == "error":
         raise InputDataError(
-            f"{where}: {totals['bad_dates']:,} value(s) in {cols.order_date!r} are not dates; "
+            f"{where}: {counted(scan['bad_dates'], 'value')} in {cols.order_date!r} "
+            f"{'is not a date' if scan['bad_dates'] == 1 else 'are not dates'}; "
             "store the column as a timestamp, or set cleaning.unparseable_dates: drop"
         )
-    found = totals["currencies"]
+    found = scan["currencies"]
     if len(found) > 1:
         raise InputDataError(
             f"{where}: column {cols.currency!r} holds more than one currency "
@@ -300,6 +309,21 @@ def _check_totals(totals: dict, src: SqlSource, config: Config) -> None:
             f"{where}: column {cols.currency!r} is in {found[0]} but report.currency is "
             f"{config.report.currency}; set report.currency to match"
         )
+
+
+def _bad_amounts_message(scan: dict[str, Any], src: SqlSource) -> str:
+    """What rfm_stage says of such values in a file, with one customer who has one and a query
+    that finds them all in place of row numbers."""
+    cols, n = src.columns, scan["bad_amounts"]
+    names = cols.amount or "/".join(cols.price_parts())  # as rfm_stage names them
+    customer = scan["bad_amount_customer"]
+    return (
+        f"{counted(n, 'value')} in {names!r} "
+        f"{'is not a number' if n == 1 else 'are not numbers'} that can be money (NaN, infinity, "
+        f"or {MONEY_LIMIT:,.0f} or more)"
+        + (f", e.g. on a line of customer {customer!r}" if customer is not None else "")
+        + f"; find them with: SELECT * FROM {src.relation} AS src WHERE {bad_amount_test(src)}"
+    )
 
 
 # --- engines -----------------------------------------------------------------------------------

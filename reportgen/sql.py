@@ -32,7 +32,7 @@ import polars as pl
 from .clean import RULES
 from .config import CleaningSection, ColumnMap
 from .errors import ConfigError, InputDataError
-from .read import check_mapped_columns
+from .read import MONEY_LIMIT, check_mapped_columns
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,8 @@ def scan_query(src: SqlSource) -> str:
                 for name, cond in missing.items()
             ],
             "SUM(rg_bad_id * rg_copies) AS bad_ids",
+            "SUM(rg_bad_amount * rg_copies) AS bad_amounts",
+            "MIN(CASE WHEN rg_bad_amount = 1 THEN rg_cust END) AS bad_amount_customer",
             "SUM(rg_bad_date * rg_copies) AS bad_dates",
             *currency,
         ],
@@ -329,6 +331,7 @@ def _distinct_rows(src: SqlSource) -> str:
         f"{_bad_id(customer, schema[cols.customer_id])} AS rg_bad_id",
         *_date_exprs(_q(cols.order_date), schema[cols.order_date]),
         f"{_exact_amount(src)} AS rg_exact",
+        f"{_bad_amount(src)} AS rg_bad_amount",
         f"{_prefixed(src)} AS rg_prefixed",
         f"{_not_positive(src)} AS rg_nonpos",
         f"{_missing_text(cols.product_id, schema)} AS rg_no_product",
@@ -433,14 +436,64 @@ def _date_exprs(col: str, dtype: pl.DataType) -> list[str]:
 
 
 def _exact_amount(src: SqlSource) -> str:
-    """The line's money as an exact integer count of 10^-6 (amount) or 10^-9 (q x price)."""
+    """The line's money as an exact integer count of 10^-6 (amount) or 10^-9 (q x price); NULL
+    when a value is not money (`_bad_amount`), as read.py `_number` makes it."""
     cols, schema = src.columns, src.schema
     if cols.amount is not None:
-        return _fixed(_q(cols.amount), schema[cols.amount], PRICE_SCALE)
-    quantity_column, price_column = cols.price_parts()
-    quantity = _fixed(_q(quantity_column), schema[quantity_column], QUANTITY_SCALE)
-    price = _fixed(_q(price_column), schema[price_column], PRICE_SCALE)
-    return f"({quantity}) * ({price})"
+        amount = _q(cols.amount)
+        return f"CASE WHEN {_is_money(amount)} THEN {_fixed(amount, schema[cols.amount], PRICE_SCALE)} END"
+    (quantity, q_type), (price, p_type) = _price_parts(src)
+    exact = f"({_fixed(quantity, q_type, QUANTITY_SCALE)}) * ({_fixed(price, p_type, PRICE_SCALE)})"
+    # nested, not AND: an engine may evaluate both sides of an AND, and the product of values
+    # that are not money can fail
+    product = _is_money(_product(quantity, q_type, price, p_type))
+    return (
+        f"CASE WHEN {_is_money(quantity)} AND {_is_money(price)} THEN "
+        f"CASE WHEN {product} THEN {exact} END END"
+    )
+
+
+def _bad_amount(src: SqlSource) -> str:
+    """1 when a money value is not money: NaN, infinity, or MONEY_LIMIT or more in size, in a
+    column or, for quantity x unit price, in the product (read.py `_amount_exprs`). Such values
+    would stop the DECIMAL casts with the engine's own error, and could not be summed exactly."""
+    if src.columns.amount is not None:
+        return f"CASE WHEN NOT {_is_money(_q(src.columns.amount))} THEN 1 ELSE 0 END"
+    (quantity, q_type), (price, p_type) = _price_parts(src)
+    product = _is_money(_product(quantity, q_type, price, p_type))
+    return (
+        f"CASE WHEN NOT {_is_money(quantity)} THEN 1 WHEN NOT {_is_money(price)} THEN 1 "
+        f"WHEN NOT {product} THEN 1 ELSE 0 END"
+    )
+
+
+def bad_amount_test(src: SqlSource) -> str:
+    """`_bad_amount` as a condition to read (for messages: a query that finds the rows)."""
+    if src.columns.amount is not None:
+        return f"NOT {_is_money(_q(src.columns.amount))}"
+    (quantity, q_type), (price, p_type) = _price_parts(src)
+    product = _is_money(_product(quantity, q_type, price, p_type))
+    return f"NOT {_is_money(quantity)} OR NOT {_is_money(price)} OR NOT {product}"
+
+
+def _price_parts(src: SqlSource) -> tuple[tuple[str, pl.DataType], tuple[str, pl.DataType]]:
+    quantity, price = src.columns.price_parts()
+    return (_q(quantity), src.schema[quantity]), (_q(price), src.schema[price])
+
+
+def _is_money(value: str) -> str:
+    """A number below MONEY_LIMIT in size (NULL stays NULL). NaN fails it: PostgreSQL, DuckDB
+    and Spark order NaN above every number. No ABS: ABS of the smallest BIGINT overflows."""
+    limit = f"{MONEY_LIMIT:.0f}"
+    return f"({value} > -{limit} AND {value} < {limit})"
+
+
+def _product(quantity: str, q_type: pl.DataType, price: str, p_type: pl.DataType) -> str:
+    """quantity x unit price for the range test, for values each below MONEY_LIMIT: in floating
+    point when one is a float; else as decimals (BIGINT x BIGINT overflows at 9.2e18)."""
+    if q_type.is_float() or p_type.is_float():
+        return f"{quantity} * {price}"
+    return f"CAST({quantity} AS DECIMAL(38,3)) * CAST({price} AS DECIMAL(38,6))"
 
 
 def _fixed(col: str, dtype: pl.DataType, scale: int) -> str:

@@ -140,10 +140,29 @@ def _half_pennies() -> DataSet:
     return DataSet("half_pennies", frame, config)
 
 
-DATA_SETS = {"uci": _uci, "typed": _typed, "zoned": _zoned, "half_pennies": _half_pennies}
+def _not_money() -> DataSet:
+    """Prices and quantities that are not money: NaN, infinity, 1e19, and a product of 1e16."""
+    rows = [
+        ("c1", "1001", 2.0, 1.5),  # money
+        ("c2", "1002", 1.0, float("nan")),
+        ("c2", "1003", float("inf"), 2.0),
+        ("c3", "1004", 1.0, 1e19),
+        ("c3", "1005", 1e8, 1e8),  # each below the limit, the line's value not
+    ]
+    names = ["CustomerID", "InvoiceNo", "Quantity", "UnitPrice"]
+    frame = pl.DataFrame(rows, schema=names, orient="row").with_columns(
+        InvoiceDate=pl.datetime(2024, 3, 1)
+    )
+    return DataSet("not_money", frame, _half_pennies().config)
+
+
+DATA_SETS = {"uci": _uci, "typed": _typed, "zoned": _zoned, "half_pennies": _half_pennies,
+             "not_money": _not_money}  # fmt: skip
 # Spark runs the three data sets that differ in how they are read; the typed one adds the
 # window and net returns, which the others cover on PostgreSQL and DuckDB.
-CASES = [(e, d) for e in ENGINES for d in DATA_SETS if not (e == "spark" and d == "typed")]
+CASES = [
+    (e, d) for e in ENGINES for d in DATA_SETS if d != "not_money" and (e, d) != ("spark", "typed")
+]
 
 
 @pytest.fixture(scope="module")
@@ -342,6 +361,26 @@ def test_half_pennies_round_half_to_even_in_every_engine(engine, pushed):
 
 
 # --- configuration, credentials and errors -----------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_values_that_are_not_money_stop_the_run_in_every_engine(engine, request, data_sets):
+    """As from a file (the count), with a customer who has one and a query that finds them."""
+    data, path = data_sets["not_money"]
+    with pytest.raises(InputDataError) as embedded:
+        compute_rfm_stage(_config(data, {"path": str(path)}))
+    with pytest.raises(InputDataError) as pushed_down:
+        compute_rfm_stage(_config(data, _source(request, data_sets, engine, "not_money")))
+    said = "4 values in 'Quantity/UnitPrice' are not numbers that can be money"
+    assert said in str(embedded.value)
+    assert said in str(pushed_down.value)
+    assert "e.g. on a line of customer 'c2'" in str(pushed_down.value)
+    if engine == "duckdb":
+        query = str(pushed_down.value).split("find them with: ")[1]
+        with duckdb.connect(str(request.getfixturevalue("duckdb_file")), read_only=True) as con:
+            assert sorted(r[1] for r in con.execute(query).fetchall()) == [
+                "1002", "1003", "1004", "1005"
+            ]  # fmt: skip
 
 
 def test_password_only_from_the_named_environment_variable(monkeypatch):
