@@ -501,7 +501,10 @@ class _DuckDB(_Database):
         self.location = _describe(f"duckdb:///{path}", db.table)
         self.relation = _relation(db.table, db.query)
         if not os.path.isfile(path):
-            raise InputDataError(f"{self.location}: database file not found: {path}")
+            raise InputDataError(
+                f"{self.location}: database file not found: {path} (as in SQLAlchemy, "
+                "duckdb:///name is relative to the config file's folder, duckdb:////name absolute)"
+            )
         try:
             self._conn = duckdb.connect(path, read_only=True)
             self._conn.execute(f"SET TimeZone = '{timezone}'")  # an IANA name (validated)

@@ -426,6 +426,16 @@ def test_missing_table_and_column_are_named(duckdb_file, data_sets):
         compute_rfm_stage(_config(data, source))
 
 
+def test_a_missing_duckdb_file_says_how_urls_name_paths(data_sets):
+    """duckdb:///tmp/x.duckdb is tmp/x.duckdb beside the config (SQLAlchemy's rule)."""
+    data, _ = data_sets["uci"]
+    source = {"database": {"url": "duckdb:///tmp/shop.duckdb", "table": "uci"}}
+    with pytest.raises(InputDataError) as failed:
+        compute_rfm_stage(_config(data, source))
+    assert f"database file not found: {REPO}/tmp/shop.duckdb (as in SQLAlchemy" in str(failed.value)
+    assert "duckdb:////name absolute" in str(failed.value)
+
+
 def test_column_list_duplicates_are_refused_for_a_database(duckdb_file, data_sets):
     """Keeping the first of several rows needs a row order, which a table does not have."""
     data, _ = data_sets["uci"]
