@@ -285,6 +285,12 @@ class InputSection(_Section):
     )
     csv: CsvOptions = Field(default_factory=CsvOptions, description="CSV options.")
     excel: ExcelOptions = Field(default_factory=ExcelOptions, description="Excel options.")
+    header_row: int = Field(
+        1,
+        ge=1,
+        description="CSV and Excel: the row holding the column names (a CSV file's line), "
+        "counted from 1 as a spreadsheet shows it; the rows above it (a title, notes) are skipped.",
+    )
     date_formats: list[str] = Field(
         default_factory=lambda: ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d"],
         min_length=1,
@@ -308,6 +314,9 @@ class InputSection(_Section):
             raise ValueError("@path: required key is missing")
         if len(given) > 1:
             raise ValueError(f"@{given[1]}: give only one of input.{' and input.'.join(given)}")
+        if self.header_row != 1 and (given[0] != "path" or self.format == "parquet"):
+            source = f"input.{given[0]}" if given[0] != "path" else "Parquet"
+            raise ValueError(f"@header_row: applies to CSV and Excel files, not to {source}")
         return self
 
     @field_validator("path")

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import polars as pl
 
@@ -52,7 +52,7 @@ class Source:
     format: str
     files: tuple[str, ...]
     columns: tuple[str, ...]
-    first_line: int  # the file line of a file's data row 0 (CSV and Excel: 2, after the header)
+    first_line: int  # the file line of a file's data row 0 (CSV, Excel: after input.header_row)
 
     def line(self, row: int) -> int:
         """The 1-based line (Parquet: row) in its file of a file's data row `row`."""
@@ -111,7 +111,9 @@ def read_transactions(cfg: InputSection, currency: str, timezone: str = "UTC") -
     except BaseException:
         Transactions(pl.LazyFrame(), None, 0, False, (), temporary).release()  # type: ignore[arg-type]
         raise
-    check_mapped_columns(cfg.columns, cfg.attributes, tuple(schema.names()), location)
+    columns = tuple(schema.names())
+    hint = _header_row_hint(cfg, fmt, (files[0], scan_files[0]), columns)
+    check_mapped_columns(cfg.columns, cfg.attributes, columns, location, hint)
     digits = _minor_digits(currency)
     source = Source(location, fmt, tuple(files), tuple(schema.names()), first_line)
     canonical = functools.partial(_canonical, cfg=cfg, digits=digits, tz=timezone, schema=schema)
@@ -191,13 +193,19 @@ def _format_of(path: str, files: list[str]) -> str:
 
 def _scan(cfg: InputSection, fmt: str, files: list[str]) -> tuple[list[pl.LazyFrame], int]:
     """A lazy frame per file; `_row` counts its rows and `_file` numbers the file."""
+    if fmt == "parquet" and cfg.header_row != 1:
+        raise InputDataError(
+            f"input.header_row: {cfg.path} is Parquet, whose columns are named without a header "
+            "row; remove input.header_row"
+        )
+    after_header = cfg.header_row + 1  # the file line (sheet row) of data row 0
     try:
         if fmt == "excel":
             frames = [_read_excel(cfg, f).with_row_index(ROW) for f in files]
-            return _numbered(frames), 2
+            return _numbered(frames), after_header
         scan = _scanner(cfg, fmt)
         frames = [scan(f).with_row_index(ROW) for f in files]
-        return _numbered(frames), 1 if fmt == "parquet" else 2
+        return _numbered(frames), 1 if fmt == "parquet" else after_header
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         raise InputDataError(f"input.path: cannot read {cfg.path} as {fmt}: {exc}") from None
 
@@ -340,6 +348,7 @@ def _scan_csv(cfg: InputSection, files: str | list[str], **options: Any) -> pl.L
     # does not parse can be counted and shown instead of silently becoming null.
     return pl.scan_csv(
         files,
+        skip_lines=cfg.header_row - 1,
         separator=cfg.csv.separator,
         quote_char=cfg.csv.quote_char,
         infer_schema=False,
@@ -366,7 +375,11 @@ def _read_excel(cfg: InputSection, file: str) -> pl.LazyFrame:
             f"{file}: input.excel.sheet {sheet!r} not found; the workbook has "
             f"{', '.join(repr(s) for s in sheets)} (give a name, or a position counted from 0)"
         )
-    by = {"sheet_name": sheet} if isinstance(sheet, str) else {"sheet_id": sheet + 1}
+    by: dict[str, Any] = (
+        {"sheet_name": sheet} if isinstance(sheet, str) else {"sheet_id": sheet + 1}
+    )
+    if cfg.header_row > 1:  # counted from the sheet's first row (0: its first row with data)
+        by["read_options"] = {"header_row": cfg.header_row - 1}
     return pl.read_excel(file, engine="calamine", **by).lazy()
 
 
@@ -467,11 +480,12 @@ def find_bad_quote(path: str, cfg: InputSection) -> tuple[int, str] | None:
     polars reports only the field (with every line a quote that never closes swallowed)."""
     quote = cfg.csv.quote_char
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        skipped = _skip_above_header(handle, cfg)
         reader = csv.reader(handle, delimiter=cfg.csv.separator, quotechar=quote, strict=True)
-        start = 1  # the line the record being read starts on
+        start = skipped + 1  # the line the record being read starts on
         try:
             for _ in reader:
-                start = reader.line_num + 1
+                start = skipped + reader.line_num + 1
         except csv.Error as exc:
             if "end of data" in str(exc):
                 return start, (
@@ -489,21 +503,34 @@ def find_bad_quote(path: str, cfg: InputSection) -> tuple[int, str] | None:
 def find_ragged_line(path: str, cfg: InputSection) -> int | None:
     """The 1-based line of the first CSV record with more fields than the header, or None."""
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        skipped = _skip_above_header(handle, cfg)
         reader = csv.reader(handle, delimiter=cfg.csv.separator, quotechar=cfg.csv.quote_char)
         width = len(next(reader, []))
         for record in reader:
             if len(record) > width:
-                return reader.line_num
+                return skipped + reader.line_num
     return None
+
+
+def _skip_above_header(handle: TextIO, cfg: InputSection) -> int:
+    """Read past the lines above the header (input.header_row), as polars' skip_lines does."""
+    for _ in range(cfg.header_row - 1):
+        handle.readline()
+    return cfg.header_row - 1
 
 
 # --- mapping to the canonical schema -----------------------------------------------------------
 
 
 def check_mapped_columns(
-    mapping: ColumnMap, attributes: Sequence[str], columns: tuple[str, ...], location: str
+    mapping: ColumnMap,
+    attributes: Sequence[str],
+    columns: tuple[str, ...],
+    location: str,
+    hint: str | None = None,
 ) -> None:
-    """Every mapped column and attribute is one of `columns` (a file's or a table's), once."""
+    """Every mapped column and attribute is one of `columns` (a file's or a table's), once.
+    `hint`: the likely cause when some are not (else guessed from the names)."""
     wanted = {f"input.columns.{k}": v for k, v in mapping.mapped().items()}
     wanted |= {f"input.attributes[{i}]": a for i, a in enumerate(attributes)}
     missing = [
@@ -522,8 +549,47 @@ def check_mapped_columns(
         raise InputDataError(
             f"{location}: mapped column(s) not found: {'; '.join(missing)}. "
             f"The data has: {', '.join(_printable(c) for c in columns)}"
-            f"{_header_hint(columns, len(missing) == len(wanted))}"
+            f"{hint or _header_hint(columns, len(missing) == len(wanted))}"
         )
+
+
+# A header further down than this is not looked for (the file is then not the one expected).
+_HEADER_SEARCH_ROWS = 50
+
+
+def _header_row_hint(
+    cfg: InputSection, fmt: str, first: tuple[str, str], columns: tuple[str, ...]
+) -> str | None:
+    """When the header lacks mapped names and another of the first file's first rows holds them
+    all (a title or notes above the header), the sentence saying which row to set; else None.
+    `first`: the file, and the path read (a UTF-8 copy of a CSV file in another encoding)."""
+    wanted = {*cfg.columns.mapped().values(), *cfg.attributes}
+    if fmt not in ("csv", "excel") or wanted <= set(columns):
+        return None
+    file, read = first
+    for number, row in enumerate(_first_rows(cfg, fmt, read), start=1):
+        if number != cfg.header_row and wanted <= {str(v).strip() for v in row if v is not None}:
+            where = "line" if fmt == "csv" else "row"
+            return f". The mapped names are on {where} {number} of {file}: set input.header_row: {number}"
+    return None
+
+
+def _first_rows(cfg: InputSection, fmt: str, file: str) -> list[list[Any]]:
+    """The first rows of a CSV file (each line read as a record) or of a sheet (from its first
+    row, empty ones included)."""
+    if fmt == "csv":
+        with open(file, newline="", encoding="utf-8", errors="replace") as handle:
+            lines = list(itertools.islice(handle, _HEADER_SEARCH_ROWS))
+        separator, quote = cfg.csv.separator, cfg.csv.quote_char
+        return [
+            next(csv.reader([line], delimiter=separator, quotechar=quote), []) for line in lines
+        ]
+    import fastexcel
+
+    sheet = fastexcel.read_excel(file).load_sheet(
+        cfg.excel.sheet, header_row=None, skip_rows=0, n_rows=_HEADER_SEARCH_ROWS
+    )
+    return [list(row) for row in sheet.to_polars().rows()]
 
 
 def _closest_column(name: str, columns: tuple[str, ...]) -> str:
@@ -557,8 +623,8 @@ def _header_hint(columns: tuple[str, ...], none_found: bool) -> str:
     )
     if none_found and titled:
         return (
-            ". Is there a title above the header? The first row must be the header: "
-            "remove the rows above it"
+            ". Is there a title above the header? Remove the rows above it, or set "
+            "input.header_row to the header's row"
         )
     return ""
 

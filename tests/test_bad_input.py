@@ -4,6 +4,7 @@ column or line at fault, no traceback, and nothing half-written in the output fo
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import re
 import sys
@@ -187,20 +188,59 @@ def _workbook(path: Path) -> None:
     ).write_excel(path, worksheet="Tx")  # fmt: skip
 
 
-def test_title_above_the_header_is_named_as_the_likely_cause(tmp_path: Path) -> None:
-    """A sheet whose first row is a title, the header two rows below: exit 4, the hint."""
+def _titled_workbook(path: Path, title_cell: str, header_cell: str) -> None:
+    """A sheet with a title above the good rows' header."""
     import xlsxwriter
 
-    frame = pl.DataFrame(
-        {"customer_id": ["a"], "order_id": ["1"], "order_date": [dt.datetime(2024, 3, 1)],
-         "amount": [1.0]}
-    )  # fmt: skip
-    with xlsxwriter.Workbook(tmp_path / "tx.xlsx") as workbook:
+    frame = pl.read_csv(io.StringIO(HEADER + GOOD_ROWS + CROWD), infer_schema=False)
+    with xlsxwriter.Workbook(path) as workbook:
         sheet = workbook.add_worksheet()
-        sheet.write(0, 0, "Sales export, March 2024")
-        frame.write_excel(workbook, worksheet=sheet, position="A3")
+        sheet.write(title_cell, "Sales export, March 2024")
+        frame.write_excel(workbook, worksheet=sheet, position=header_cell)
+
+
+@pytest.mark.parametrize(("title_cell", "header_cell", "row"), [("A1", "A3", 3), ("B2", "A5", 5)])
+def test_title_above_the_header_says_which_row_to_set(
+    tmp_path: Path, title_cell: str, header_cell: str, row: int
+) -> None:
+    """A sheet with a title above the header (also from its second row): exit 4 and the row
+    that holds the mapped names; with input.header_row set, the run succeeds."""
+    _titled_workbook(tmp_path / "tx.xlsx", title_cell, header_cell)
     _fail_case(tmp_path, {"input": {"path": "tx.xlsx"}}, 4, "Sales export, March 2024",
-               "Is there a title above the header?", "remove the rows above it")  # fmt: skip
+               f"The mapped names are on row {row} of {tmp_path / 'tx.xlsx'}: set "
+               f"input.header_row: {row}")  # fmt: skip
+    result = _run(tmp_path, {"input": {"path": "tx.xlsx", "header_row": row}})
+    assert result.exit_code == 0, result.stderr
+
+
+def test_title_lines_above_a_csv_header_are_skipped_and_lines_still_named(tmp_path: Path) -> None:
+    """input.header_row: 3 reads the header on line 3 (the title holds the separator's look-alike
+    ';'); errors name the file's own lines."""
+    title = "Sales export;March 2024\n\n"
+    cases = {
+        "good": GOOD_ROWS,
+        "not_money": "a,1,2024-03-01,ten\n",
+        "quote": GOOD_ROWS + 'c,3,2024-03-01,"5.00\n',
+        "ragged": GOOD_ROWS + "c,3,2024-03-01,5.00,extra\n",
+    }
+    for name, rows in cases.items():
+        (tmp_path / name).mkdir()
+        _csv(tmp_path / name, title + HEADER + rows + CROWD)
+    skip = {"input": {"header_row": 3}}
+    _fail_case(
+        tmp_path / "good", {}, 4, "The mapped names are on line 3", "set input.header_row: 3"
+    )
+    assert _run(tmp_path / "good", skip).exit_code == 0
+    _fail_case(tmp_path / "not_money", skip, 4, "1 value in 'amount'", "first lines: 4")
+    _fail_case(tmp_path / "quote", skip, 4, "tx.csv:6: a field opened with a quote")
+    _fail_case(tmp_path / "ragged", skip, 4, "tx.csv:6: this line has more fields")
+
+
+def test_header_row_of_a_parquet_file_is_refused(tmp_path: Path) -> None:
+    """Parquet names its columns without a header row: exit 4, the key to remove."""
+    pl.read_csv(io.StringIO(HEADER + GOOD_ROWS)).write_parquet(tmp_path / "tx.parquet")
+    _fail_case(tmp_path, {"input": {"path": "tx.parquet", "header_row": 2}}, 4,
+               "input.header_row:", "is Parquet", "remove input.header_row")  # fmt: skip
 
 
 def test_header_of_other_names_gets_no_title_hint(tmp_path: Path) -> None:

@@ -933,3 +933,15 @@ def test_shipped_config_validates():
     }
     assert config.output.dir == str(REPO / "output")
     assert config.report.report_slug == "online-retail-customer-segmentation"
+
+
+@pytest.mark.parametrize(
+    ("source", "named"),
+    [({"database": {"url": "duckdb:///shop.duckdb", "table": "t"}}, "input.database"),
+     ({"path": "tx.parquet", "format": "parquet"}, "Parquet")],
+)  # fmt: skip
+def test_header_row_is_for_csv_and_excel_only(source, named):
+    """A source without a header row refuses input.header_row, naming the key."""
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({**MINIMAL, "input": {**source, "header_row": 3}})
+    assert f"input.header_row: applies to CSV and Excel files, not to {named}" in str(info.value)
