@@ -437,48 +437,49 @@ def _date_exprs(col: str, dtype: pl.DataType) -> list[str]:
 
 def _exact_amount(src: SqlSource) -> str:
     """The line's money as an exact integer count of 10^-6 (amount) or 10^-9 (q x price); NULL
-    when a value is not money (`_bad_amount`), as read.py `_number` makes it."""
+    when a value is not money (`_money_tests`), as read.py `_number` makes it."""
     cols, schema = src.columns, src.schema
     if cols.amount is not None:
         amount = _q(cols.amount)
-        return f"CASE WHEN {_is_money(amount)} THEN {_fixed(amount, schema[cols.amount], PRICE_SCALE)} END"
-    (quantity, q_type), (price, p_type) = _price_parts(src)
-    exact = f"({_fixed(quantity, q_type, QUANTITY_SCALE)}) * ({_fixed(price, p_type, PRICE_SCALE)})"
-    # nested, not AND: an engine may evaluate both sides of an AND, and the product of values
-    # that are not money can fail
-    product = _is_money(_product(quantity, q_type, price, p_type))
+        exact = _fixed(amount, schema[cols.amount], PRICE_SCALE)
+        return f"CASE WHEN {_is_money(amount)} THEN {exact} END"
+    quantity_column, price_column = cols.price_parts()
+    quantity = _fixed(_q(quantity_column), schema[quantity_column], QUANTITY_SCALE)
+    price = _fixed(_q(price_column), schema[price_column], PRICE_SCALE)
+    *each, product = _money_tests(src)
+    # nested, not one AND: an engine may evaluate every side of an AND, and the product of
+    # values that are not money can fail
     return (
-        f"CASE WHEN {_is_money(quantity)} AND {_is_money(price)} THEN "
-        f"CASE WHEN {product} THEN {exact} END END"
+        f"CASE WHEN {' AND '.join(each)} THEN "
+        f"CASE WHEN {product} THEN ({quantity}) * ({price}) END END"
     )
 
 
 def _bad_amount(src: SqlSource) -> str:
-    """1 when a money value is not money: NaN, infinity, or MONEY_LIMIT or more in size, in a
-    column or, for quantity x unit price, in the product (read.py `_amount_exprs`). Such values
-    would stop the DECIMAL casts with the engine's own error, and could not be summed exactly."""
-    if src.columns.amount is not None:
-        return f"CASE WHEN NOT {_is_money(_q(src.columns.amount))} THEN 1 ELSE 0 END"
-    (quantity, q_type), (price, p_type) = _price_parts(src)
-    product = _is_money(_product(quantity, q_type, price, p_type))
-    return (
-        f"CASE WHEN NOT {_is_money(quantity)} THEN 1 WHEN NOT {_is_money(price)} THEN 1 "
-        f"WHEN NOT {product} THEN 1 ELSE 0 END"
-    )
+    """1 when a line's money is not money (`_money_tests`, in order), else 0."""
+    return f"CASE {' '.join(f'WHEN NOT {t} THEN 1' for t in _money_tests(src))} ELSE 0 END"
 
 
 def bad_amount_test(src: SqlSource) -> str:
     """`_bad_amount` as a condition to read (for messages: a query that finds the rows)."""
-    if src.columns.amount is not None:
-        return f"NOT {_is_money(_q(src.columns.amount))}"
-    (quantity, q_type), (price, p_type) = _price_parts(src)
-    product = _is_money(_product(quantity, q_type, price, p_type))
-    return f"NOT {_is_money(quantity)} OR NOT {_is_money(price)} OR NOT {product}"
+    return " OR ".join(f"NOT {t}" for t in _money_tests(src))
 
 
-def _price_parts(src: SqlSource) -> tuple[tuple[str, pl.DataType], tuple[str, pl.DataType]]:
-    quantity, price = src.columns.price_parts()
-    return (_q(quantity), src.schema[quantity]), (_q(price), src.schema[price])
+def _money_tests(src: SqlSource) -> list[str]:
+    """The tests a line's money passes (read.py `_amount_exprs`): the amount, or the quantity,
+    the unit price and their product, is a number below MONEY_LIMIT in size. NaN, infinity and
+    larger values would stop the DECIMAL casts with the engine's own error, and could not be
+    summed exactly."""
+    cols, schema = src.columns, src.schema
+    if cols.amount is not None:
+        return [_is_money(_q(cols.amount))]
+    quantity_column, price_column = cols.price_parts()
+    quantity, price = _q(quantity_column), _q(price_column)
+    if schema[quantity_column].is_float() or schema[price_column].is_float():
+        product = f"{quantity} * {price}"
+    else:  # as decimals: BIGINT x BIGINT overflows at 9.2e18
+        product = f"CAST({quantity} AS DECIMAL(38,3)) * CAST({price} AS DECIMAL(38,6))"
+    return [_is_money(quantity), _is_money(price), _is_money(product)]
 
 
 def _is_money(value: str) -> str:
@@ -486,14 +487,6 @@ def _is_money(value: str) -> str:
     and Spark order NaN above every number. No ABS: ABS of the smallest BIGINT overflows."""
     limit = f"{MONEY_LIMIT:.0f}"
     return f"({value} > -{limit} AND {value} < {limit})"
-
-
-def _product(quantity: str, q_type: pl.DataType, price: str, p_type: pl.DataType) -> str:
-    """quantity x unit price for the range test, for values each below MONEY_LIMIT: in floating
-    point when one is a float; else as decimals (BIGINT x BIGINT overflows at 9.2e18)."""
-    if q_type.is_float() or p_type.is_float():
-        return f"{quantity} * {price}"
-    return f"CAST({quantity} AS DECIMAL(38,3)) * CAST({price} AS DECIMAL(38,6))"
 
 
 def _fixed(col: str, dtype: pl.DataType, scale: int) -> str:
