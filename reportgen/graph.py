@@ -1,10 +1,10 @@
 """The customer graph: customers linked by the products they share, and the communities in it.
 
 Steps (issue 9):
-1. the kept purchase lines give each customer's set of products (collected by the pipeline
-   once duplicates are settled: `purchase_lines.graph_queries`); excluded products (postage, fees) and
-   products bought by more than `max_product_share` of the customers are left out: they link
-   everyone;
+1. the kept purchase lines give each customer's set of products (collected by the RFM stage
+   once duplicates are settled: `purchase_lines.graph_queries`); excluded products (postage,
+   fees) and products bought by more than `max_product_share` of the customers are left out:
+   they link everyone;
 2. similarity: cosine of the customers' product vectors weighted by inverse document frequency
    (a product few customers buy says more about them than a best seller), computed as a sparse
    customer x product matrix product in chunks of customers;
