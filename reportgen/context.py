@@ -345,6 +345,7 @@ class Quality:
     last_date: dt.date | None
     missing: tuple[Missing, ...]
     columns: tuple[str, ...]
+    position: str  # what an example's number counts: a CSV file's lines, else rows
 
 
 @dataclass(frozen=True)
@@ -942,6 +943,7 @@ def _quality(report: Report) -> Quality:
         last_date=audit.last_date,
         missing=tuple(Missing(c, n, n / read) for c, n in audit.missing_values.items()),
         columns=tuple(report.source.columns),
+        position="line" if report.source.format == "csv" else "row",
     )
 
 

@@ -55,12 +55,14 @@ class Source:
     first_line: int  # the file line of a file's data row 0 (CSV, Excel: after input.header_row)
 
     def line(self, row: int) -> int:
-        """The 1-based line (Parquet: row) in its file of a file's data row `row`."""
+        """The 1-based line (Parquet: data row; Excel: sheet row) in its file of a file's data
+        row `row`."""
         return row + self.first_line
 
     def describe_rows(self, positions: list[tuple[int, int]]) -> str:
-        """'first lines: 3, 5' (or rows, for Parquet), naming the files when there are several."""
-        unit = "rows" if self.format == "parquet" else "lines"
+        """'first lines: 3, 5' (rows, for Parquet and Excel), naming the files when there are
+        several."""
+        unit = "lines" if self.format == "csv" else "rows"
         if len(self.files) == 1:
             return f"first {unit}: " + ", ".join(str(self.line(r)) for _, r in positions)
         shown = ", ".join(f"{self.files[f]}:{self.line(r)}" for f, r in positions)

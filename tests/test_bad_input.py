@@ -213,6 +213,19 @@ def test_title_above_the_header_says_which_row_to_set(
     assert result.exit_code == 0, result.stderr
 
 
+def test_rows_of_a_sheet_with_a_header_row_are_the_sheet_rows(tmp_path: Path) -> None:
+    """Header on row 3: the bad amount of the second data row is on sheet row 5."""
+    import xlsxwriter
+
+    frame = pl.read_csv(io.StringIO(HEADER + "a,1,2024-03-01,1.00\nb,2,2024-03-01,ten\n"))
+    with xlsxwriter.Workbook(tmp_path / "tx.xlsx") as workbook:
+        sheet = workbook.add_worksheet()
+        sheet.write("A1", "Sales export, March 2024")
+        frame.write_excel(workbook, worksheet=sheet, position="A3")
+    _fail_case(tmp_path, {"input": {"path": "tx.xlsx", "header_row": 3}}, 4,
+               "1 value in 'amount'", "(first rows: 5)")  # fmt: skip
+
+
 def test_title_lines_above_a_csv_header_are_skipped_and_lines_still_named(tmp_path: Path) -> None:
     """input.header_row: 3 reads the header on line 3 (the title holds the separator's look-alike
     ';'); errors name the file's own lines."""

@@ -179,6 +179,15 @@ def test_every_segment_and_chart_is_in_the_page(hostile, page):
         assert specs[chart.id]["config"]["font"].startswith("'Liberation Sans'")
 
 
+def test_example_positions_are_lines_of_a_csv_file_and_rows_otherwise(hostile, page):
+    """The examples' column says what their numbers count: a CSV file's lines, or rows."""
+    report, _ = hostile
+    assert "<th>File, line</th>" in page
+    source = dataclasses.replace(report.source, format="parquet")
+    as_parquet = render_html(build_context(dataclasses.replace(report, source=source)))
+    assert "<th>File, row</th>" in as_parquet
+
+
 def test_page_is_self_contained_and_offline(page):
     """One inlined Vega bundle, a CSP that forbids the network, no external reference."""
     bundle = str(vega_bundle())
