@@ -116,6 +116,7 @@ def read_transactions(cfg: InputSection, currency: str, timezone: str = "UTC") -
     columns = tuple(schema.names())
     hint = _header_row_hint(cfg, fmt, (files[0], scan_files[0]), columns)
     check_mapped_columns(cfg.columns, cfg.attributes, columns, location, hint)
+    _check_id_types(cfg.columns, schema, location)
     digits = _minor_digits(currency)
     source = Source(location, fmt, tuple(files), tuple(schema.names()), first_line)
     canonical = functools.partial(_canonical, cfg=cfg, digits=digits, tz=timezone, schema=schema)
@@ -553,6 +554,26 @@ def check_mapped_columns(
             f"The data has: {', '.join(_printable(c) for c in columns)}"
             f"{hint or _header_hint(columns, len(missing) == len(wanted))}"
         )
+
+
+def is_id_type(dtype: pl.DataType) -> bool:
+    """Whether a column of this type can hold customer or order ids: text, or numbers (floats
+    are checked for whole values when read)."""
+    textual = dtype in (pl.String, pl.Categorical, pl.Null) or isinstance(dtype, pl.Enum)
+    return textual or dtype.is_integer() or dtype.is_float() or dtype.is_decimal()
+
+
+def _check_id_types(mapping: ColumnMap, schema: pl.Schema, location: str) -> None:
+    """A mapped id column of true/false, dates or lists is the wrong column, not ids to group
+    by (a Boolean one made two customers, 'true' and 'false')."""
+    for key, what in (("customer_id", "customer"), ("order_id", "order")):
+        name = getattr(mapping, key)
+        if name is not None and not is_id_type(schema[name]):
+            raise InputDataError(
+                f"{location}: column {name!r} (input.columns.{key}) has type {schema[name]}, "
+                f"which cannot hold ids; map the column that identifies each {what} (text or "
+                "whole numbers)"
+            )
 
 
 # A header further down than this is not looked for (the file is then not the one expected).

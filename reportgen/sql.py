@@ -32,7 +32,7 @@ import polars as pl
 from .clean import RULES
 from .config import CleaningSection, ColumnMap
 from .errors import ConfigError, InputDataError
-from .read import MONEY_LIMIT, check_mapped_columns
+from .read import MONEY_LIMIT, check_mapped_columns, is_id_type
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,10 @@ def check_source(src: SqlSource) -> None:
                 f"{src.location}: column {name!r} (input.columns.{key}) is {src.schema[name]}, "
                 "not a number; cast it to a numeric type in the table or in input.database.query"
             )
-    _check_kind(src, cols.customer_id, "customer_id", _is_key)
+    _check_kind(src, cols.customer_id, "customer_id", is_id_type)
     _check_kind(src, cols.order_date, "order_date", _is_date)
     if cols.order_id is not None:
-        _check_kind(src, cols.order_id, "order_id", _is_key)
+        _check_kind(src, cols.order_id, "order_id", is_id_type)
 
 
 def _check_kind(
@@ -101,10 +101,6 @@ def _check_kind(
             f"{src.location}: column {name!r} (input.columns.{key}) has type {src.schema[name]}, "
             "which the database source does not read; cast it in input.database.query"
         )
-
-
-def _is_key(dtype: pl.DataType) -> bool:
-    return dtype == pl.String or dtype.is_integer() or dtype.is_float() or dtype.is_decimal()
 
 
 def _is_date(dtype: pl.DataType) -> bool:

@@ -249,6 +249,22 @@ def test_title_lines_above_a_csv_header_are_skipped_and_lines_still_named(tmp_pa
     _fail_case(tmp_path / "ragged", skip, 4, "tx.csv:6: this line has more fields")
 
 
+@pytest.mark.parametrize(
+    ("column", "key", "what"),
+    [("customer_id", "customer_id", "customer"), ("order_id", "order_id", "order")],
+)
+def test_an_id_column_of_true_false_is_the_wrong_column(
+    tmp_path: Path, column: str, key: str, what: str
+) -> None:
+    """A Boolean id column (a flag mapped by mistake) would make customers 'true' and 'false':
+    exit 4, the key and the type named."""
+    frame = pl.read_csv(io.StringIO(HEADER + GOOD_ROWS)).with_columns(pl.lit(True).alias(column))
+    frame.write_parquet(tmp_path / "tx.parquet")
+    _fail_case(tmp_path, {"input": {"path": "tx.parquet"}}, 4,
+               f"column '{column}' (input.columns.{key}) has type Boolean, which cannot hold ids",
+               f"map the column that identifies each {what}")  # fmt: skip
+
+
 def test_header_row_of_a_parquet_file_is_refused(tmp_path: Path) -> None:
     """Parquet names its columns without a header row: exit 4, the key to remove."""
     pl.read_csv(io.StringIO(HEADER + GOOD_ROWS)).write_parquet(tmp_path / "tx.parquet")
