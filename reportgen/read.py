@@ -202,10 +202,9 @@ def _scan(cfg: InputSection, fmt: str, files: list[str]) -> tuple[list[pl.LazyFr
             "row; remove input.header_row"
         )
     after_header = cfg.header_row + 1  # the file line (sheet row) of data row 0
+    if fmt == "excel":
+        return _numbered([_excel_frame(cfg, f).with_row_index(ROW) for f in files]), after_header
     try:
-        if fmt == "excel":
-            frames = [_read_excel(cfg, f).with_row_index(ROW) for f in files]
-            return _numbered(frames), after_header
         scan = _scanner(cfg, fmt)
         frames = [scan(f).with_row_index(ROW) for f in files]
         return _numbered(frames), 1 if fmt == "parquet" else after_header
@@ -332,8 +331,12 @@ def _schema(raw: pl.LazyFrame, cfg: InputSection, fmt: str, files: list[str]) ->
     try:
         schema = raw.collect_schema()
     except pl.exceptions.NoDataError:
-        empty = next((f for f in files if Path(f).stat().st_size == 0), cfg.path)
-        raise InputDataError(f"input.path: {empty} is empty (no header, no rows)") from None
+        empty = next((f for f in files if Path(f).stat().st_size == 0), None)
+        if empty is None and cfg.header_row > 1:
+            raise _no_header_row(cfg.path or "", cfg, fmt) from None
+        raise InputDataError(
+            f"input.path: {empty or cfg.path} is empty (no header, no rows)"
+        ) from None
     except (pl.exceptions.PolarsError, OSError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputDataError(
@@ -358,6 +361,25 @@ def _scan_csv(cfg: InputSection, files: str | list[str], **options: Any) -> pl.L
         encoding="utf8",
         glob=False,
         **options,
+    )
+
+
+def _excel_frame(cfg: InputSection, file: str) -> pl.LazyFrame:
+    try:
+        return _read_excel(cfg, file)
+    except pl.exceptions.NoDataError:
+        if cfg.header_row > 1:
+            raise _no_header_row(file, cfg, "excel") from None
+        raise InputDataError(f"input.path: {file}: the sheet is empty") from None
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        raise InputDataError(f"input.path: cannot read {file} as excel: {exc}") from None
+
+
+def _no_header_row(file: str, cfg: InputSection, fmt: str) -> InputDataError:
+    where = "line" if fmt == "csv" else "row"
+    return InputDataError(
+        f"input.header_row: {file} has nothing on or after {where} {cfg.header_row}; set "
+        f"input.header_row to the {where} of the column names"
     )
 
 

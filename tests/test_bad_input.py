@@ -265,6 +265,17 @@ def test_an_id_column_of_true_false_is_the_wrong_column(
                f"map the column that identifies each {what}")  # fmt: skip
 
 
+@pytest.mark.parametrize(("name", "where"), [("tx.csv", "line"), ("tx.xlsx", "row")])
+def test_header_row_past_the_end_of_the_file(tmp_path: Path, name: str, where: str) -> None:
+    """input.header_row: 10 on a file of three rows: exit 4, the key and the file named."""
+    frame = pl.read_csv(io.StringIO(HEADER + GOOD_ROWS))
+    frame.write_csv(tmp_path / name) if name.endswith(".csv") else frame.write_excel(
+        tmp_path / name
+    )
+    _fail_case(tmp_path, {"input": {"path": name, "header_row": 10}}, 4,
+               f"input.header_row: {tmp_path / name} has nothing on or after {where} 10")  # fmt: skip
+
+
 def test_header_row_of_a_parquet_file_is_refused(tmp_path: Path) -> None:
     """Parquet names its columns without a header row: exit 4, the key to remove."""
     pl.read_csv(io.StringIO(HEADER + GOOD_ROWS)).write_parquet(tmp_path / "tx.parquet")
