@@ -269,9 +269,10 @@ def test_an_id_column_of_true_false_is_the_wrong_column(
 def test_header_row_past_the_end_of_the_file(tmp_path: Path, name: str, where: str) -> None:
     """input.header_row: 10 on a file of three rows: exit 4, the key and the file named."""
     frame = pl.read_csv(io.StringIO(HEADER + GOOD_ROWS))
-    frame.write_csv(tmp_path / name) if name.endswith(".csv") else frame.write_excel(
-        tmp_path / name
-    )
+    if name.endswith(".csv"):
+        frame.write_csv(tmp_path / name)
+    else:
+        frame.write_excel(tmp_path / name)
     _fail_case(tmp_path, {"input": {"path": name, "header_row": 10}}, 4,
                f"input.header_row: {tmp_path / name} has nothing on or after {where} 10")  # fmt: skip
 
