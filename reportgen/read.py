@@ -116,7 +116,7 @@ def read_transactions(cfg: InputSection, currency: str, timezone: str = "UTC") -
     columns = tuple(schema.names())
     hint = _header_row_hint(cfg, fmt, (files[0], scan_files[0]), columns)
     check_mapped_columns(cfg.columns, cfg.attributes, columns, location, hint)
-    _check_id_types(cfg.columns, schema, location)
+    _check_key_types(cfg.columns, schema, location)
     digits = _minor_digits(currency)
     source = Source(location, fmt, tuple(files), tuple(schema.names()), first_line)
     canonical = functools.partial(_canonical, cfg=cfg, digits=digits, tz=timezone, schema=schema)
@@ -585,9 +585,9 @@ def is_id_type(dtype: pl.DataType) -> bool:
     return textual or dtype.is_integer() or dtype.is_float() or dtype.is_decimal()
 
 
-def _check_id_types(mapping: ColumnMap, schema: pl.Schema, location: str) -> None:
-    """A mapped id column of true/false, dates or lists is the wrong column, not ids to group
-    by (a Boolean one made two customers, 'true' and 'false')."""
+def _check_key_types(mapping: ColumnMap, schema: pl.Schema, location: str) -> None:
+    """A mapped id column of true/false, dates or lists, or a date column of true/false, is the
+    wrong column (a Boolean id column made two customers, 'true' and 'false')."""
     for key, what in (("customer_id", "customer"), ("order_id", "order")):
         name = getattr(mapping, key)
         if name is not None and not is_id_type(schema[name]):
@@ -596,6 +596,16 @@ def _check_id_types(mapping: ColumnMap, schema: pl.Schema, location: str) -> Non
                 f"which cannot hold ids; map the column that identifies each {what} (text or "
                 "whole numbers)"
             )
+    dtype = schema[mapping.order_date]
+    if not (
+        dtype in (pl.String, pl.Date, pl.Null)
+        or isinstance(dtype, pl.Datetime)
+        or dtype.is_numeric()
+    ):  # numbers: 20240301 read with a date format
+        raise InputDataError(
+            f"{location}: column {mapping.order_date!r} (input.columns.order_date) has type "
+            f"{dtype}, which cannot hold dates; map the column of order dates"
+        )
 
 
 # A header further down than this is not looked for (the file is then not the one expected).

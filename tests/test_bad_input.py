@@ -265,6 +265,15 @@ def test_an_id_column_of_true_false_is_the_wrong_column(
                f"map the column that identifies each {what}")  # fmt: skip
 
 
+def test_a_date_column_of_true_false_is_the_wrong_column(tmp_path: Path) -> None:
+    """A Boolean order_date column: exit 4 naming its type, not 'dates match no format'."""
+    frame = pl.read_csv(io.StringIO(HEADER + GOOD_ROWS)).with_columns(order_date=pl.lit(True))
+    frame.write_parquet(tmp_path / "tx.parquet")
+    _fail_case(tmp_path, {"input": {"path": "tx.parquet"}}, 4,
+               "column 'order_date' (input.columns.order_date) has type Boolean, which cannot "
+               "hold dates")  # fmt: skip
+
+
 @pytest.mark.parametrize(("name", "where"), [("tx.csv", "line"), ("tx.xlsx", "row")])
 def test_header_row_past_the_end_of_the_file(tmp_path: Path, name: str, where: str) -> None:
     """input.header_row: 10 on a file of three rows: exit 4, the key and the file named."""
