@@ -597,11 +597,8 @@ def _check_key_types(mapping: ColumnMap, schema: pl.Schema, location: str) -> No
                 "whole numbers)"
             )
     dtype = schema[mapping.order_date]
-    if not (
-        dtype in (pl.String, pl.Date, pl.Null)
-        or isinstance(dtype, pl.Datetime)
-        or dtype.is_numeric()
-    ):  # numbers: 20240301 read with a date format
+    # text and numbers (20240301) are read with input.date_formats
+    if not (dtype == pl.Date or isinstance(dtype, pl.Datetime) or is_id_type(dtype)):
         raise InputDataError(
             f"{location}: column {mapping.order_date!r} (input.columns.order_date) has type "
             f"{dtype}, which cannot hold dates; map the column of order dates"

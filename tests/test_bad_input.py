@@ -274,6 +274,15 @@ def test_a_date_column_of_true_false_is_the_wrong_column(tmp_path: Path) -> None
                "hold dates")  # fmt: skip
 
 
+def test_a_categorical_date_column_is_read_as_text(tmp_path: Path) -> None:
+    """Dates in a Categorical column (pandas' category dtype in Parquet) read as their text."""
+    day = pl.col("order_date").cast(pl.Categorical)
+    frame = pl.read_csv(io.StringIO(HEADER + GOOD_ROWS + CROWD)).with_columns(day)
+    frame.write_parquet(tmp_path / "tx.parquet")
+    result = _run(tmp_path, {"input": {"path": "tx.parquet"}})
+    assert result.exit_code == 0, result.stderr
+
+
 @pytest.mark.parametrize(("name", "where"), [("tx.csv", "line"), ("tx.xlsx", "row")])
 def test_header_row_past_the_end_of_the_file(tmp_path: Path, name: str, where: str) -> None:
     """input.header_row: 10 on a file of three rows: exit 4, the key and the file named."""
