@@ -436,19 +436,17 @@ def _exact_amount(src: SqlSource) -> str:
     when a value is not money (`_money_tests`), as read.py `_number` makes it."""
     cols, schema = src.columns, src.schema
     if cols.amount is not None:
-        amount = _q(cols.amount)
-        exact = _fixed(amount, schema[cols.amount], PRICE_SCALE)
-        return f"CASE WHEN {_is_money(amount)} THEN {exact} END"
-    quantity_column, price_column = cols.price_parts()
-    quantity = _fixed(_q(quantity_column), schema[quantity_column], QUANTITY_SCALE)
-    price = _fixed(_q(price_column), schema[price_column], PRICE_SCALE)
-    *each, product = _money_tests(src)
+        exact = _fixed(_q(cols.amount), schema[cols.amount], PRICE_SCALE)
+    else:
+        quantity_column, price_column = cols.price_parts()
+        quantity = _fixed(_q(quantity_column), schema[quantity_column], QUANTITY_SCALE)
+        price = _fixed(_q(price_column), schema[price_column], PRICE_SCALE)
+        exact = f"({quantity}) * ({price})"
+    *each, last = _money_tests(src)  # the amount; or quantity, price, then their product
+    guarded = f"CASE WHEN {last} THEN {exact} END"
     # nested, not one AND: an engine may evaluate every side of an AND, and the product of
     # values that are not money can fail
-    return (
-        f"CASE WHEN {' AND '.join(each)} THEN "
-        f"CASE WHEN {product} THEN ({quantity}) * ({price}) END END"
-    )
+    return f"CASE WHEN {' AND '.join(each)} THEN {guarded} END" if each else guarded
 
 
 def _bad_amount(src: SqlSource) -> str:
