@@ -943,7 +943,7 @@ def _quality(report: Report) -> Quality:
         last_date=audit.last_date,
         missing=tuple(Missing(c, n, n / read) for c, n in audit.missing_values.items()),
         columns=tuple(report.source.columns),
-        position="line" if report.source.format == "csv" else "row",
+        position=report.source.position,
     )
 
 

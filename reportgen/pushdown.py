@@ -30,7 +30,7 @@ from .clean import AS_OF, REASON, Cleaned
 from .config import Config, DatabaseInput, InputSection, SparkInput
 from .errors import ConfigError, InputDataError, counted
 from .period import PeriodRequest, window_start
-from .read import FILE, MONEY_LIMIT, ROW, Source, Transactions, _customer_exprs
+from .read import FILE, ROW, Source, Transactions, _customer_exprs, not_money
 from .sql import (
     SqlSource,
     attribute_query,
@@ -119,11 +119,11 @@ def _minor_digits(currency: str) -> int:
 def _run_queries(
     engine: Engine, src: SqlSource, request: PeriodRequest, config: Config
 ) -> dict[str, Any]:
-    scan = engine.fetch(scan_query(src), "scan")
-    _check_scan(_scan_row(scan), src, config)  # before the other queries: they take as long
+    scan = _scan_row(engine.fetch(scan_query(src), "scan"))
+    _check_scan(scan, src, config)  # before the other queries: they take as long
     as_of = request.as_of
     if as_of is None:  # `latest`: the last clean purchase, which the scan found
-        as_of = scan["latest_clean"][0]
+        as_of = scan["latest_clean"]
     start = window_start(as_of, request.window_days) if as_of is not None else None
     frames: dict[str, Any] = {
         "scan": scan,
@@ -177,8 +177,7 @@ def _scan_row(scan: pl.DataFrame) -> dict[str, Any]:
     return row | {"currencies": sorted({c for c in bounds if c is not None})}
 
 
-def _totals(scan: pl.DataFrame, rules: pl.DataFrame, as_of: dt.date | None) -> pl.DataFrame:
-    row = _scan_row(scan)
+def _totals(row: dict[str, Any], rules: pl.DataFrame, as_of: dt.date | None) -> pl.DataFrame:
     netted = rules.filter(pl.col("reason").is_null() & (pl.col("is_return") == 1))
     kept_dates = rules.filter(pl.col("reason").is_null() | (pl.col("reason") == "before_window"))[
         "max_date"
@@ -314,13 +313,9 @@ def _check_scan(scan: dict[str, Any], src: SqlSource, config: Config) -> None:
 def _bad_amounts_message(scan: dict[str, Any], src: SqlSource) -> str:
     """What rfm_stage says of such values in a file, with one customer who has one and a query
     that finds them all in place of row numbers."""
-    cols, n = src.columns, scan["bad_amounts"]
-    names = cols.amount or "/".join(cols.price_parts())  # as rfm_stage names them
     customer = scan["bad_amount_customer"]
     return (
-        f"{counted(n, 'value')} in {names!r} "
-        f"{'is not a number' if n == 1 else 'are not numbers'} that can be money (NaN, infinity, "
-        f"or {MONEY_LIMIT:,.0f} or more)"
+        not_money(scan["bad_amounts"], src.columns, text=False)
         + (f", e.g. on a line of customer {customer!r}" if customer is not None else "")
         + f"; find them with: SELECT * FROM {src.relation} AS src WHERE {bad_amount_test(src)}"
     )

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import polars as pl
 
 from .config import SAMPLE_PREFIX, ColumnMap, InputSection
-from .errors import InputDataError
+from .errors import InputDataError, counted
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,15 @@ class Source:
         row `row`."""
         return row + self.first_line
 
+    @property
+    def position(self) -> str:
+        """What `line` counts: 'line' (CSV) or 'row' (Parquet, Excel, tables)."""
+        return position_word(self.format)
+
     def describe_rows(self, positions: list[tuple[int, int]]) -> str:
         """'first lines: 3, 5' (rows, for Parquet and Excel), naming the files when there are
         several."""
-        unit = "lines" if self.format == "csv" else "rows"
+        unit = self.position + "s"
         if len(self.files) == 1:
             return f"first {unit}: " + ", ".join(str(self.line(r)) for _, r in positions)
         shown = ", ".join(f"{self.files[f]}:{self.line(r)}" for f, r in positions)
@@ -375,8 +380,14 @@ def _excel_frame(cfg: InputSection, file: str) -> pl.LazyFrame:
         raise InputDataError(f"input.path: cannot read {file} as excel: {exc}") from None
 
 
+def position_word(fmt: str) -> str:
+    """A CSV file's positions are lines (a record may span several); a sheet's or Parquet's,
+    rows."""
+    return "line" if fmt == "csv" else "row"
+
+
 def _no_header_row(file: str, cfg: InputSection, fmt: str) -> InputDataError:
-    where = "line" if fmt == "csv" else "row"
+    where = position_word(fmt)
     return InputDataError(
         f"input.header_row: {file} has nothing on or after {where} {cfg.header_row}; set "
         f"input.header_row to the {where} of the column names"
@@ -621,7 +632,7 @@ def _header_row_hint(
     file, read = first
     for number, row in enumerate(_first_rows(cfg, fmt, read), start=1):
         if number != cfg.header_row and wanted <= {str(v).strip() for v in row if v is not None}:
-            where = "line" if fmt == "csv" else "row"
+            where = position_word(fmt)
             return f". The mapped names are on {where} {number} of {file}: set input.header_row: {number}"
     return None
 
@@ -901,6 +912,17 @@ def _round_half_even(value: pl.Expr, drop_digits: int) -> pl.Expr:
 # room for any total. NaN, infinity and larger values (1e19 in a float column) cannot be summed
 # exactly; they are reported with the values that are not numbers.
 MONEY_LIMIT = 1e15
+
+
+def not_money(count: int, cols: ColumnMap, text: bool) -> str:
+    """The sentence for `count` money values that are not money (`_number`), in the file engine's
+    and the pushdown's messages; `text`: the source can hold text (CSV)."""
+    names = cols.amount or "/".join(cols.price_parts())
+    return (
+        f"{counted(count, 'value')} in {names!r} "
+        f"{'is not a number' if count == 1 else 'are not numbers'} that can be money "
+        f"({'text, ' if text else ''}NaN, infinity, or {MONEY_LIMIT:,.0f} or more)"
+    )
 
 
 def _number(column: str, schema: pl.Schema, decimal: str) -> tuple[pl.Expr, pl.Expr]:

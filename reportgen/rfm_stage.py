@@ -35,11 +35,11 @@ from .purchase_lines import PAIRS_QUERY, PRODUCTS_QUERY, line_queries, represent
 from .pushdown import collect_stage, is_pushdown
 from .read import (
     FILE,
-    MONEY_LIMIT,
     ROW,
     SOURCE_PREFIX,
     Source,
     located_read_error,
+    not_money,
     read_transactions,
 )
 from .rfm import RfmTable, finish_rfm, order_query, rfm_query
@@ -248,13 +248,10 @@ def _check_input(cleaned: Cleaned, config: Config) -> None:
             "floats with a fraction or at or above 2^53 (digits lost); export the column as text",
         )  # fmt: skip
     if totals["bad_amounts"]:
-        names = cols.amount or f"{cols.quantity}/{cols.unit_price}"
         text = cleaned.transactions.source.format == "csv"
         _raise_with_rows(
             cleaned, "_bad_amount",
-            f"{counted(totals['bad_amounts'], 'value')} in {names!r} "
-            f"{'is not a number' if totals['bad_amounts'] == 1 else 'are not numbers'} that "
-            f"can be money (text, NaN, infinity, or {MONEY_LIMIT:,.0f} or more)"
+            not_money(totals["bad_amounts"], cols, text=True)
             + (f"; decimal separator {config.input.csv.decimal!r}: set input.csv.decimal if "
                "it is ','" if text else ""),
         )  # fmt: skip
