@@ -10,7 +10,6 @@ import calendar
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import TypeVar
 
 import polars as pl
 
@@ -41,7 +40,7 @@ class Eda:
     monthly: pl.DataFrame
 
 
-def eda_queries(orders: pl.LazyFrame, cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
+def eda_queries(orders: pl.DataFrame, cleaned: Cleaned) -> dict[str, pl.LazyFrame]:
     """Per month of the kept purchases: money, distinct orders, distinct customers.
 
     Read off `orders` (rfm.order_query, one row per customer and order), which holds the whole
@@ -49,18 +48,30 @@ def eda_queries(orders: pl.LazyFrame, cleaned: Cleaned) -> dict[str, pl.LazyFram
     counts those, and `build_eda` then recomputes the months from the lines.
     """
     purchased = _with_months(orders.filter(pl.col("last_purchase").is_not_null()))
-    return {"eda_months": _month_totals(purchased, cleaned, _SPLIT)}
+    return {"eda_months": _month_totals(purchased.lazy(), cleaned, _SPLIT)}
 
 
-_Frame = TypeVar("_Frame", pl.DataFrame, pl.LazyFrame)
-
-
-def _with_months(orders: _Frame) -> _Frame:
+def _with_months(orders: pl.DataFrame) -> pl.DataFrame:
     """The order's month, and whether its purchases end in a later month, as columns: grouping
     on a column is cheaper than on an expression (10M rows, 3.2M orders: 0.28 -> 0.22 s)."""
-    month = pl.col("first_purchase").dt.month_start()
-    split = pl.col("last_purchase").dt.month_start() != month
+    month = month_start(orders["first_purchase"])
+    split = month_start(orders["last_purchase"]) != month
     return orders.with_columns(month.alias("month"), split.alias("_split"))
+
+
+def month_start(dates: pl.Series) -> pl.Series:
+    """Each date's month (its 1st), looked up in a calendar of the dates' span: polars'
+    `dt.month_start` turns every date into a calendar date, which costs far more than the lookup
+    (3.2M orders: 0.2 s a column, the lookup 0.04 s)."""
+    first, last = dates.min(), dates.max()
+    if not isinstance(first, dt.date) or not isinstance(last, dt.date):
+        return dates.dt.month_start()  # no dates: nothing to look up
+    days = (last - first).days + 1
+    if days > dates.len():  # a calendar longer than the column: no faster
+        return dates.dt.month_start()
+    calendar = pl.date_range(first, last, eager=True).dt.month_start()
+    offset = (first - dt.date(1970, 1, 1)).days  # a Date is its days since 1970-01-01
+    return calendar.gather(dates.cast(pl.Int32) - offset).alias(dates.name)
 
 
 _SPLIT = pl.col("_split").sum().alias("_split_orders")
@@ -81,9 +92,8 @@ def month_totals(parts: list[pl.DataFrame], cleaned: Cleaned) -> pl.DataFrame:
     customer and the slices no order id, so their counts add up (50M rows: 3.1 -> 1.8-2.1 s
     once each part was counted as it is, not filtered again out of all the orders).
     """
-    query = eda_queries(parts[0].lazy(), cleaned)["eda_months"]
     if len(parts) == 1:  # the in-memory engine: twice as fast as streaming on a frame in memory
-        return query.collect(engine="in-memory")
+        return eda_queries(parts[0], cleaned)["eda_months"].collect(engine="in-memory")
     ids = cleaned.transactions.has_order_id
     # distinct order ids are counted apart (an id may be shared by customers of two parts)
     per_customer = _per_month(None if ids else pl.len(), _SPLIT)
@@ -96,7 +106,7 @@ def month_totals(parts: list[pl.DataFrame], cleaned: Cleaned) -> pl.DataFrame:
     months = pl.concat(totals).group_by("month").sum()
     if ids:
         months = months.join(_distinct_orders(pl.concat(order_months), len(parts)), on="month")
-    schema = query.collect_schema()
+    schema = eda_queries(parts[0].clear(), cleaned)["eda_months"].collect_schema()
     return months.select(schema.names()).cast(schema)
 
 
@@ -147,10 +157,11 @@ def monthly_table(months: pl.DataFrame, customers: pl.DataFrame) -> pl.DataFrame
     A customer is new in the month their history starts (`first_order`) when they also bought
     in it (their first kept purchase, `first_purchase`, falls in the same month).
     """
-    month = pl.col("first_order").dt.month_start()
+    month = month_start(customers["first_order"]).alias("month")
     new = (
-        customers.filter(month == pl.col("first_purchase").dt.month_start())
-        .group_by(month.alias("month"))
+        customers.select(month)
+        .filter(month == month_start(customers["first_purchase"]))
+        .group_by("month")
         .agg(pl.len().cast(COUNT).alias("new_customers"))
     )
     return (

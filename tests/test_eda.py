@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import reportgen
 from reportgen import rfm_stage
-from reportgen.eda import month_coverage
+from reportgen.eda import month_coverage, month_start
 from reportgen.rfm_stage import compute_rfm_stage
 
 ROWS = """customer,invoice,date,amount
@@ -92,3 +93,19 @@ def test_sample_data_in_slices_gives_the_same_tables(monkeypatch, shipped_config
 def test_month_coverage_counts_the_days_in_the_period(month, span, expected) -> None:
     """Days of the month within first..last (both included), and the month's length."""
     assert month_coverage(month, span) == expected
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [
+        # every day of three years (a leap day, month and year ends) backwards, and a null
+        [dt.date(2025, 1, 1) - dt.timedelta(days=d) for d in range(1100)] + [None],
+        [dt.date(1970, 3, 1) - dt.timedelta(days=d) for d in range(120)],  # before 1970 too
+        [dt.date(1, 1, 1), dt.date(9999, 12, 31)],  # a calendar too long to look up
+        [None, None],
+        [],
+    ],
+)  # fmt: skip
+def test_month_start_looked_up_agrees_with_polars(dates) -> None:
+    column = pl.Series("first_purchase", dates, dtype=pl.Date)
+    assert month_start(column).equals(column.dt.month_start())
