@@ -208,7 +208,7 @@ def _scan(cfg: InputSection, fmt: str, files: list[str]) -> tuple[list[pl.LazyFr
         )
     after_header = cfg.header_row + 1  # the file line (sheet row) of data row 0
     if fmt == "excel":
-        return _numbered([_excel_frame(cfg, f).with_row_index(ROW) for f in files]), after_header
+        return _numbered([_excel_frame(cfg, f) for f in files]), after_header
     try:
         scan = _scanner(cfg, fmt)
         frames = [scan(f).with_row_index(ROW) for f in files]
@@ -370,14 +370,20 @@ def _scan_csv(cfg: InputSection, files: str | list[str], **options: Any) -> pl.L
 
 
 def _excel_frame(cfg: InputSection, file: str) -> pl.LazyFrame:
+    """A sheet's rows, `_row` numbering them so that `Source.position` gives the sheet's own
+    rows: blank rows are numbered, then left out (they are not transactions), and without
+    input.header_row the header may follow blank rows."""
     try:
-        return _read_excel(cfg, file)
+        rows, header_row = _read_excel(cfg, file)
     except pl.exceptions.NoDataError:
         if cfg.header_row > 1:
             raise _no_header_row(file, cfg, "excel") from None
         raise InputDataError(f"input.path: {file}: the sheet is empty") from None
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         raise InputDataError(f"input.path: cannot read {file} as excel: {exc}") from None
+    # Source.position adds input.header_row + 1; rows above a header found lower are added here
+    numbered = rows.with_row_index(ROW, offset=header_row - cfg.header_row)
+    return numbered.filter(pl.any_horizontal(pl.all().exclude(ROW).is_not_null())).lazy()
 
 
 def position_word(fmt: str) -> str:
@@ -398,7 +404,12 @@ def _is_utf8(encoding: str) -> bool:
     return codecs.lookup(encoding).name == "utf-8"
 
 
-def _read_excel(cfg: InputSection, file: str) -> pl.LazyFrame:
+def _read_excel(cfg: InputSection, file: str) -> tuple[pl.DataFrame, int]:
+    """The sheet's rows under its header, blank rows kept, and the header's row (from 1).
+
+    The header is on input.header_row; left at 1 and blank there, it is the first row that is
+    not blank (as polars would find it, but counted, so that rows keep their sheet numbers).
+    """
     import fastexcel
 
     sheet = cfg.excel.sheet
@@ -414,9 +425,24 @@ def _read_excel(cfg: InputSection, file: str) -> pl.LazyFrame:
     by: dict[str, Any] = (
         {"sheet_name": sheet} if isinstance(sheet, str) else {"sheet_id": sheet + 1}
     )
-    if cfg.header_row > 1:  # counted from the sheet's first row (0: its first row with data)
-        by["read_options"] = {"header_row": cfg.header_row - 1}
-    return pl.read_excel(file, engine="calamine", **by).lazy()
+
+    def under_header(row: int) -> pl.DataFrame:
+        options = {"header_row": row - 1, "skip_rows": 0}  # counted from the sheet's first row
+        return pl.read_excel(
+            file, engine="calamine", read_options=options, drop_empty_rows=False, **by
+        )
+
+    rows = under_header(cfg.header_row)
+    if cfg.header_row > 1 or not all(c.startswith(_UNNAMED) for c in rows.columns):
+        return rows, cfg.header_row
+    filled = rows.select(pl.any_horizontal(pl.all().is_not_null()).arg_true().first()).item()
+    if filled is None:  # nothing under a blank first row
+        raise pl.exceptions.NoDataError("the sheet is empty")
+    header_row = cfg.header_row + 1 + filled
+    return under_header(header_row), header_row
+
+
+_UNNAMED = "__UNNAMED__"  # how polars names a column whose header cell is blank
 
 
 def _utf8_copies(cfg: InputSection, fmt: str, files: list[str]) -> tuple[list[str], list[str]]:

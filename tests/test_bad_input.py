@@ -17,8 +17,10 @@ import yaml
 from click.testing import CliRunner, Result
 from filelock import FileLock
 
+import reportgen
 from reportgen import clean
 from reportgen.cli import cli
+from reportgen.rfm_stage import compute_rfm_stage
 
 SLUG = "shop"
 HEADER = "customer_id,order_id,order_date,amount\n"
@@ -224,6 +226,35 @@ def test_rows_of_a_sheet_with_a_header_row_are_the_sheet_rows(tmp_path: Path) ->
         frame.write_excel(workbook, worksheet=sheet, position="A3")
     _fail_case(tmp_path, {"input": {"path": "tx.xlsx", "header_row": 3}}, 4,
                "1 value in 'amount'", "(first rows: 5)")  # fmt: skip
+
+
+def _sheet_with_blank_rows(path: Path, rows: str) -> None:
+    """Rows 1-2 blank, the header on row 3, then `rows` with a blank row after the first."""
+    import xlsxwriter
+
+    first, *rest = rows.splitlines(keepends=True)
+    with xlsxwriter.Workbook(path) as workbook:
+        sheet = workbook.add_worksheet()
+        for position, lines in (("A3", HEADER + first), ("A6", HEADER + "".join(rest))):
+            frame = pl.read_csv(io.StringIO(lines), infer_schema=False)
+            frame.write_excel(
+                workbook, worksheet=sheet, position=position, include_header=position == "A3"
+            )
+
+
+def test_rows_of_a_sheet_with_blank_rows_are_the_sheet_rows(tmp_path: Path) -> None:
+    """Blank rows above the header (found without input.header_row) and between the data rows
+    are counted in the rows named: 'ten' is on sheet row 6."""
+    _sheet_with_blank_rows(tmp_path / "tx.xlsx", "a,1,2024-03-01,1.00\nb,2,2024-03-01,ten\n")
+    _fail_case(tmp_path, {"input": {"path": "tx.xlsx"}}, 4, "1 value in 'amount'",
+               "(first rows: 6)")  # fmt: skip
+
+
+def test_blank_rows_of_a_sheet_are_not_transactions(tmp_path: Path) -> None:
+    _sheet_with_blank_rows(tmp_path / "tx.xlsx", GOOD_ROWS + CROWD)
+    config = reportgen.config_from_dict({"input": {"path": "tx.xlsx"}}, base_dir=tmp_path)
+    audit = compute_rfm_stage(config).audit
+    assert audit.rows_read == audit.rows_kept == 2 + CROWD_ROWS  # the blank row is not read
 
 
 def test_title_lines_above_a_csv_header_are_skipped_and_lines_still_named(tmp_path: Path) -> None:
