@@ -701,15 +701,13 @@ def _printable(name: str) -> str:
 def _header_hint(columns: tuple[str, ...], none_found: bool) -> str:
     """Why a file's header may hold none of the mapped names: a CSV read with the wrong separator
     has one column whose name holds the others; a title above the header is read as the header
-    (a sheet's empty cells beside it named __UNNAMED__1...)."""
+    (a sheet's empty cells beside it named _UNNAMED)."""
     alone = columns[0] if len(columns) == 1 else ""
     separators = [s for s in (";", "\t", "|", ",") if s in alone]
     if separators:
         chosen = separators[0]
         return f". Is the separator {chosen!r}? Set input.csv.separator: {json.dumps(chosen)}"
-    titled = (alone != "" and alone.isprintable()) or any(
-        c.startswith("__UNNAMED__") for c in columns
-    )
+    titled = (alone != "" and alone.isprintable()) or any(c.startswith(_UNNAMED) for c in columns)
     if none_found and titled:
         return (
             ". Is there a title above the header? Remove the rows above it, or set "
