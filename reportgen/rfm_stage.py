@@ -20,6 +20,7 @@ from .clean import (
     CleaningAudit,
     annotate,
     build_audit,
+    collected_line_groups,
     first_pass_groups,
     group_audit_queries,
     line_groups,
@@ -158,6 +159,8 @@ def _grouped_lines(cleaned: Cleaned) -> pl.DataFrame:
     if in_first_pass is not None:
         return in_first_pass
     slices = -(-cleaned.rows_read // GROUPBY_SLICE_ROWS)
+    if slices <= 1:
+        return collected_line_groups(cleaned)
 
     def grouped(rows: pl.LazyFrame) -> pl.LazyFrame:
         return line_groups(dataclasses.replace(cleaned, frame=rows))

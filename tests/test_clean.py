@@ -295,3 +295,52 @@ def test_with_as_of_latest_the_lines_after_the_last_purchase_are_shown(tmp_path:
     assert stage.period.as_of.isoformat() == "2024-01-06"
     assert _rules(stage) == {"missing_customer_id": (1, 300, [4]), "after_as_of": (1, -500, [3])}
     assert stage.audit.returns_netted_rows == 1
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_rows_summed_as_runs_give_what_grouping_by_key_gives(
+    tmp_path: Path, monkeypatch, fmt
+) -> None:
+    """Consecutive rows with the same keys are summed as runs (clean._grouped_runs). Here the
+    sample's lines are shuffled, so an order's lines are scattered over many runs: summing
+    runs (always), grouping by key (never) and the default choice give the same stage, in one
+    chunk and in several."""
+    rows = pl.read_parquet(sample_data_path("online_retail"), n_rows=30_000)
+    rows = rows.sample(fraction=1.0, shuffle=True, seed=7)
+    path = tmp_path / f"t.{fmt}"
+    if fmt == "csv":
+        rows.write_csv(path, datetime_format="%Y-%m-%d %H:%M:%S")
+    else:
+        rows.write_parquet(path)
+    columns = {"customer_id": "CustomerID", "order_id": "InvoiceNo", "order_date": "InvoiceDate",
+               "amount": None, "quantity": "Quantity", "unit_price": "UnitPrice"}  # fmt: skip
+    config = reportgen.config_from_dict(
+        {"input": {"path": path.name, "columns": columns, "attributes": ["Country"]},
+         "cleaning": {"returns": "net"}},
+        base_dir=tmp_path,
+    )  # fmt: skip
+    grouped = []  # per call: rows in, groups or runs out
+    real = clean._grouped_runs
+
+    def counted(rows: pl.DataFrame, *args) -> pl.DataFrame:
+        out = real(rows, *args)
+        grouped.append((rows.height, out.height))
+        return out
+
+    monkeypatch.setattr(clean, "_grouped_runs", counted)
+    stages = {}
+    shares, chunks = (clean.MAX_RUNS_PER_ROW, 0.0, 1.0), (clean.FIRST_PASS_CHUNK_ROWS, 7_000)
+    for share in shares:
+        monkeypatch.setattr(clean, "MAX_RUNS_PER_ROW", share)
+        for chunk_rows in chunks:
+            monkeypatch.setattr(clean, "FIRST_PASS_CHUNK_ROWS", chunk_rows)
+            stages[share, chunk_rows] = compute_rfm_stage(config)
+    assert [rows for rows, _ in grouped] == [30_000, 7_000, 7_000, 7_000, 7_000, 2_000] * 3
+    default, by_key, as_runs = (grouped[i * 6][1] for i in range(3))
+    assert default == by_key < as_runs / 2  # shuffled: grouped by key, else most orders split
+    reference = stages.pop((0.0, chunks[0]))
+    for stage in stages.values():
+        assert stage.audit == reference.audit and stage.period == reference.period
+        assert stage.eda.monthly.equals(reference.eda.monthly)
+        assert stage.rfm.frame.equals(reference.rfm.frame)
+    assert reference.audit.returns_netted_rows > 0
