@@ -297,16 +297,19 @@ def test_with_as_of_latest_the_lines_after_the_last_purchase_are_shown(tmp_path:
     assert stage.audit.returns_netted_rows == 1
 
 
+@pytest.mark.parametrize("shuffled", [True, False], ids=["shuffled", "in-order"])
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_rows_summed_as_runs_give_what_grouping_by_key_gives(
-    tmp_path: Path, monkeypatch, fmt
+    tmp_path: Path, monkeypatch, fmt, shuffled
 ) -> None:
-    """Consecutive rows with the same keys are summed as runs (clean._grouped_runs). Here the
-    sample's lines are shuffled, so an order's lines are scattered over many runs: summing
+    """Consecutive rows with the same keys are summed as runs (clean._grouped_runs): summing
     runs (always), grouping by key (never) and the default choice give the same stage, in one
-    chunk and in several."""
+    chunk and in several. The sample lists an order's lines together, so by default its rows
+    are summed as runs; shuffled, an order's lines are scattered over many runs, and by default
+    they are grouped by key."""
     rows = pl.read_parquet(sample_data_path("online_retail"), n_rows=30_000)
-    rows = rows.sample(fraction=1.0, shuffle=True, seed=7)
+    if shuffled:
+        rows = rows.sample(fraction=1.0, shuffle=True, seed=7)
     path = tmp_path / f"t.{fmt}"
     if fmt == "csv":
         rows.write_csv(path, datetime_format="%Y-%m-%d %H:%M:%S")
@@ -337,7 +340,10 @@ def test_rows_summed_as_runs_give_what_grouping_by_key_gives(
             stages[share, chunk_rows] = compute_rfm_stage(config)
     assert [rows for rows, _ in grouped] == [30_000, 7_000, 7_000, 7_000, 7_000, 2_000] * 3
     default, by_key, as_runs = (grouped[i * 6][1] for i in range(3))
-    assert default == by_key < as_runs / 2  # shuffled: grouped by key, else most orders split
+    if shuffled:
+        assert default == by_key < as_runs / 2  # summed as runs, most orders would be split
+    else:
+        assert default == as_runs < shares[0] * rows.height
     reference = stages.pop((0.0, chunks[0]))
     for stage in stages.values():
         assert stage.audit == reference.audit and stage.period == reference.period
