@@ -371,22 +371,58 @@ def _groups_may_repeat(whole_rows: bool, compared: tuple[str, ...] | None) -> bo
 def _grouped_runs(rows: pl.DataFrame, tx: Transactions, runs: bool) -> pl.DataFrame:
     """`_grouped` for rows in file order, as runs of consecutive rows with the same keys where
     `runs` allows it and MAX_RUNS_PER_ROW holds: a group may then be in several runs, which
-    every later aggregate sums. Numbering the runs and grouping by that sorted number is cheaper
-    than hashing the keys (a chunk of 5M rows, 1.7M groups: 0.3 s against 0.8 s)."""
+    every later aggregate sums. Finding where runs start and summing between the starts is
+    cheaper than hashing the keys (a chunk of 5M rows, 1.7M groups: 0.2 s against 0.8 s)."""
     if not runs:
         return _grouped_by_key(rows, tx)
     keys = _group_keys(tx)
-    # rle_id counts up from 0, so the run numbers are sorted
-    run = rows.select(pl.struct(keys).rle_id().alias("_run")).to_series().set_sorted()
-    if run.n_unique() > MAX_RUNS_PER_ROW * len(run):
+    starts = rows.select(_run_starts(keys)).to_series()
+    if starts.sum() > MAX_RUNS_PER_ROW * len(starts):
         return _grouped_by_key(rows, tx)
-    by_run = rows.with_columns(run).group_by("_run")
-    return by_run.agg(
-        *[pl.col(k).first() for k in keys],
-        pl.len().cast(pl.Int64).alias("rows"),
-        pl.col("amount_minor").sum(),
-        *[pl.col(a).min() for a in tx.attributes],
-    ).drop("_run")
+    if tx.attributes:  # their smallest value per run needs a group-by (0.5 s a chunk)
+        return _grouped_by_run_number(rows, starts.cum_sum().set_sorted(), tx)
+    return _summed_runs(rows, starts, keys)
+
+
+def _run_starts(keys: list[str]) -> pl.Expr:
+    """True on the rows whose keys differ from the row before's, and on the first row."""
+    differs = [pl.col(k).ne_missing(pl.col(k).shift()) for k in keys]
+    return pl.any_horizontal(pl.int_range(pl.len()) == 0, *differs).alias("_start")
+
+
+def _summed_runs(rows: pl.DataFrame, starts: pl.Series, keys: list[str]) -> pl.DataFrame:
+    """Each run's first row, its row count and its money: the running total of the money
+    before each start, subtracted from the next start's (a group-by on the run number took
+    0.5 s for a chunk of 5M rows, this 0.2 s)."""
+    money = pl.col("amount_minor").fill_null(0)  # a missing amount counts as 0, as in `_grouped`
+    before = (money.cum_sum() - money).alias("_before")  # the money of the rows before
+    first_rows = rows.lazy().with_row_index("_row").with_columns(before).filter(starts)
+    # the next run's start, or after the last run the chunk's end
+    next_row = pl.col("_row").shift(-1, fill_value=rows.height)
+    next_before = pl.col("_before").shift(-1, fill_value=rows["amount_minor"].sum())
+    summed = first_rows.select(
+        *keys,
+        (next_row - pl.col("_row")).cast(pl.Int64).alias("rows"),
+        (next_before - pl.col("_before")).alias("amount_minor"),
+    ).collect()
+    # in one piece: the filter leaves many (50M rows: 1,470 a column), and the later steps then
+    # peaked at 3.16 GB, not 2.48
+    return summed.rechunk()
+
+
+def _grouped_by_run_number(rows: pl.DataFrame, run: pl.Series, tx: Transactions) -> pl.DataFrame:
+    keys = _group_keys(tx)
+    return (
+        rows.with_columns(run.alias("_run"))
+        .group_by("_run")
+        .agg(
+            *[pl.col(k).first() for k in keys],
+            pl.len().cast(pl.Int64).alias("rows"),
+            pl.col("amount_minor").sum(),
+            *[pl.col(a).min() for a in tx.attributes],
+        )
+        .drop("_run")
+    )
 
 
 def _grouped_by_key(rows: pl.DataFrame, tx: Transactions) -> pl.DataFrame:

@@ -11,7 +11,9 @@ of customers at a time) must give the same stage.
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
+from types import SimpleNamespace
 
 import polars as pl
 import pytest
@@ -297,16 +299,42 @@ def test_with_as_of_latest_the_lines_after_the_last_purchase_are_shown(tmp_path:
     assert stage.audit.returns_netted_rows == 1
 
 
+@pytest.mark.parametrize("attributes", [(), ("country",)], ids=["no-attributes", "country"])
+def test_runs_start_on_the_first_row_and_wherever_any_key_changes(monkeypatch, attributes) -> None:
+    """A run starts on the first row even when all its keys are missing, and wherever one key
+    changes, the return flag alone included; summed per key, the runs give the groups."""
+    day = dt.date(2024, 1, 2)
+    rows = pl.DataFrame(
+        {"customer_id": [None, None, 1, 1, 1, 1], "order_id": [None, None, "A", "A", "A", "A"],
+         "order_date": [None, None, day, day, day, day], clean.REASON: [None] * 6,
+         clean.IS_RETURN: [None, None, False, True, False, False],
+         "amount_minor": [100, None, 10, -5, 7, 50], "country": ["FR", "DE", "UK", "UK", "IE", "UK"]},
+        schema_overrides={"customer_id": pl.Int64, "order_date": pl.Date,
+                          clean.REASON: clean.REASON_DTYPE, "amount_minor": pl.Int64},
+    ).select("customer_id", "order_id", "order_date", clean.REASON, clean.IS_RETURN,
+             "amount_minor", *attributes)  # fmt: skip
+    tx = SimpleNamespace(has_order_id=True, attributes=attributes)
+    monkeypatch.setattr(clean, "MAX_RUNS_PER_ROW", 1.0)  # 4 runs in 6 rows: summed as runs
+    keys = clean._group_keys(tx)
+    runs = clean._grouped_runs(rows, tx, runs=True)
+    by_key = clean._grouped_by_key(rows, tx)
+    assert runs["rows"].to_list() == [2, 1, 1, 2]  # in file order
+    summed = runs.group_by(keys).agg(pl.col("rows", "amount_minor").sum(), pl.col(attributes).min())
+    assert summed.sort("rows", "amount_minor").equals(by_key.sort("rows", "amount_minor"))
+
+
+@pytest.mark.parametrize("attributes", [[], ["Country"]], ids=["no-attributes", "country"])
 @pytest.mark.parametrize("shuffled", [True, False], ids=["shuffled", "in-order"])
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_rows_summed_as_runs_give_what_grouping_by_key_gives(
-    tmp_path: Path, monkeypatch, fmt, shuffled
+    tmp_path: Path, monkeypatch, fmt, shuffled, attributes
 ) -> None:
     """Consecutive rows with the same keys are summed as runs (clean._grouped_runs): summing
     runs (always), grouping by key (never) and the default choice give the same stage, in one
     chunk and in several. The sample lists an order's lines together, so by default its rows
     are summed as runs; shuffled, an order's lines are scattered over many runs, and by default
-    they are grouped by key."""
+    they are grouped by key. Runs are summed between their starts, or with attributes (their
+    smallest value per run) grouped by run number."""
     rows = pl.read_parquet(sample_data_path("online_retail"), n_rows=30_000)
     if shuffled:
         rows = rows.sample(fraction=1.0, shuffle=True, seed=7)
@@ -318,7 +346,7 @@ def test_rows_summed_as_runs_give_what_grouping_by_key_gives(
     columns = {"customer_id": "CustomerID", "order_id": "InvoiceNo", "order_date": "InvoiceDate",
                "amount": None, "quantity": "Quantity", "unit_price": "UnitPrice"}  # fmt: skip
     config = reportgen.config_from_dict(
-        {"input": {"path": path.name, "columns": columns, "attributes": ["Country"]},
+        {"input": {"path": path.name, "columns": columns, "attributes": attributes},
          "cleaning": {"returns": "net"}},
         base_dir=tmp_path,
     )  # fmt: skip
