@@ -411,18 +411,9 @@ def _summed_runs(rows: pl.DataFrame, starts: pl.Series, keys: list[str]) -> pl.D
 
 
 def _grouped_by_run_number(rows: pl.DataFrame, run: pl.Series, tx: Transactions) -> pl.DataFrame:
-    keys = _group_keys(tx)
-    return (
-        rows.with_columns(run.alias("_run"))
-        .group_by("_run")
-        .agg(
-            *[pl.col(k).first() for k in keys],
-            pl.len().cast(pl.Int64).alias("rows"),
-            pl.col("amount_minor").sum(),
-            *[pl.col(a).min() for a in tx.attributes],
-        )
-        .drop("_run")
-    )
+    by_run = rows.with_columns(run.alias("_run")).group_by("_run")
+    first_keys = [pl.col(k).first() for k in _group_keys(tx)]
+    return by_run.agg(*first_keys, *_group_totals(tx, pl.lit(True))).drop("_run")
 
 
 def _grouped_by_key(rows: pl.DataFrame, tx: Transactions) -> pl.DataFrame:
@@ -549,13 +540,12 @@ def line_groups(cleaned: Cleaned) -> pl.LazyFrame:
 def collected_line_groups(cleaned: Cleaned) -> pl.DataFrame:
     """`line_groups` collected, FIRST_PASS_CHUNK_ROWS rows at a time as runs (`_grouped_runs`)
     where the duplicates allow it (rows read from memory, or a file that polars slices)."""
-    runs = _groups_may_repeat(cleaned.whole_rows, cleaned.compared)
-    if not runs:
+    if not _groups_may_repeat(cleaned.whole_rows, cleaned.compared):
         return line_groups(cleaned).collect()
     tx, size = cleaned.transactions, FIRST_PASS_CHUNK_ROWS
     rows = cleaned.frame.select(_grouped_columns(tx))
     starts = range(0, max(cleaned.rows_read, 1), size)
-    return pl.concat(_grouped_runs(rows.slice(i, size).collect(), tx, runs) for i in starts)
+    return pl.concat(_grouped_runs(rows.slice(i, size).collect(), tx, True) for i in starts)
 
 
 def first_pass_groups(cleaned: Cleaned) -> pl.DataFrame | None:
@@ -569,11 +559,16 @@ def first_pass_groups(cleaned: Cleaned) -> pl.DataFrame | None:
 
 
 def _grouped(rows: pl.LazyFrame, tx: Transactions, counted: pl.Expr) -> pl.LazyFrame:
-    return rows.group_by(_group_keys(tx)).agg(
+    return rows.group_by(_group_keys(tx)).agg(_group_totals(tx, counted))
+
+
+def _group_totals(tx: Transactions, counted: pl.Expr) -> list[pl.Expr]:
+    """A group's row count and money, and the smallest attribute values of its `counted` rows."""
+    return [
         pl.len().cast(pl.Int64).alias("rows"),
         pl.col("amount_minor").sum(),  # a missing amount counts as 0, as in the audit
         *[pl.when(counted).then(pl.col(a)).min().alias(a) for a in tx.attributes],
-    )
+    ]
 
 
 def _group_keys(tx: Transactions) -> list[str]:
