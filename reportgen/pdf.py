@@ -25,6 +25,7 @@ from weasyprint.urls import URLFetcher, URLFetcherResponse
 from . import charts as ch
 from .context import ReportContext
 from .formatting import d3_format_locale, d3_time_locale
+from .pdf_process import PdfWritten, log_written
 from .render import PDF_TEMPLATE, Page, make_environment, render_page, vl_version
 
 log = logging.getLogger(__name__)
@@ -125,10 +126,13 @@ def html_to_pdf(html: str, assets: Mapping[str, tuple[bytes, str]], path: Path) 
 
 def write_pdf(ctx: ReportContext, path: Path, templates_dir: str | Path | None = None) -> Path:
     """Write report.pdf; return its path."""
+    log_written(path, write_pdf_timed(ctx, path, templates_dir))
+    return path
+
+
+def write_pdf_timed(ctx: ReportContext, path: Path, templates_dir: str | Path | None) -> PdfWritten:
     started = time.perf_counter()
     html, assets = render_pdf_html(ctx, templates_dir)
     charted = time.perf_counter()
-    html_to_pdf(html, assets, path)
-    log.info("wrote %s (%s bytes): charts %.1f s, layout %.1f s", path, f"{path.stat().st_size:,}",
-             charted - started, time.perf_counter() - charted)  # fmt: skip
-    return path
+    fetcher = html_to_pdf(html, assets, path)
+    return PdfWritten(charted - started, time.perf_counter() - charted, fetcher.refused)

@@ -28,6 +28,7 @@ from .history import Snapshot, previous_snapshot, snapshot_of
 from .mail import SmtpFactory, email_settings, keep_marker, read_marker, send_password, send_run
 from .model import Report
 from .output import prepare_report_dir, report_lock, write_run_folder
+from .pdf_process import PdfProcess
 from .purchase_lines import PAIRS_QUERY, PRODUCTS_QUERY
 from .representation import Representation, build_representation
 from .rfm_stage import RfmStage, Stage, compute_rfm_stage, quiet
@@ -36,18 +37,27 @@ from .segment import PreviousSegments, Segmentation, segment_customers
 log = logging.getLogger(__name__)
 
 # Imported on a thread while other work runs, so that they are loaded when needed: scikit-learn
-# takes ~3 s to import here (SciPy's stats come with it), WeasyPrint and vl-convert ~1.5 s. The
-# segmentation's while polars reads the rows (it releases the GIL), the writers' while the
-# customers are segmented (on one thread, for determinism: the other core is idle). Starting
-# vl-convert's engine there as well (its first chart costs ~1 s) slowed the segmentation by 2 s.
+# takes ~3 s to import here (SciPy's stats come with it), kneed 0.46 s (SciPy's signal),
+# vl-convert ~1 s. The segmentation's while polars reads the rows (it releases the GIL), the
+# writers' while the customers are segmented (on one thread, for determinism: the other core
+# is idle, and the PDF's process gets ready there: see pdf_process). Starting vl-convert's
+# engine on that thread as well (its first chart costs ~1 s) slowed the segmentation by 2 s.
 SEGMENTATION_MODULES = ("sklearn.cluster", "sklearn.metrics", "sklearn.preprocessing",
-                        "scipy.optimize", "scipy.spatial.distance", "threadpoolctl")  # fmt: skip
-WRITER_MODULES = ("weasyprint", "vl_convert")
+                        "scipy.optimize", "scipy.spatial.distance", "threadpoolctl",
+                        "kneed")  # fmt: skip
+WRITER_MODULES = ("vl_convert",)  # the email's charts; the PDF has its own process
 
 
 def _import_all(modules: tuple[str, ...]) -> None:
     for name in modules:
         importlib.import_module(name)
+
+
+def _prepare_writers(pdf_process: PdfProcess, config: Config) -> None:
+    """Start the PDF's process; load vl-convert here when the email needs its PNG charts."""
+    pdf_process.start()
+    if config.email is not None:
+        _import_all(WRITER_MODULES)
 
 
 @dataclass(frozen=True)
@@ -81,13 +91,14 @@ def run(
     password = send_password(config) if send and not dry_run else None  # idem
     root = output if output is not None else config.output.dir
     report_dir = prepare_report_dir(root, config.report.report_slug)
-    with report_lock(report_dir):
+    with report_lock(report_dir), PdfProcess() as pdf_process:
         report = compute_report(config, as_of=as_of, stage=stage, history_dir=report_dir,
-                                prepare=functools.partial(_import_all, WRITER_MODULES))  # fmt: skip
+                                prepare=functools.partial(_prepare_writers, pdf_process, config))  # fmt: skip
         (stage or quiet)("Writing the run folder")
         folder = report_dir / report.run_name
         marker = read_marker(folder)  # a re-run of a sent as-of keeps its sent.json
-        paths = write_run_folder(report_dir, report.run_name, lambda d: write_run_files(report, d))
+        paths = write_run_folder(report_dir, report.run_name,
+                                 lambda d: write_run_files(report, d, pdf_process))  # fmt: skip
         keep_marker(marker, folder)
         if send or dry_run:
             (stage or quiet)("Sending the email" if not dry_run else "Checking the email")
@@ -97,18 +108,22 @@ def run(
     return RunResult(report, folder, paths)
 
 
-def write_run_files(report: Report, folder: Path) -> list[Path]:
-    """Every file of a run: the exports, then the reports, then the email (it attaches the PDF)."""
+def write_run_files(
+    report: Report, folder: Path, pdf_process: PdfProcess | None = None
+) -> list[Path]:
+    """Every file of a run: the exports, then the reports, then the email (it attaches the PDF).
+    With `pdf_process` (started), the PDF is written there while the exports and the HTML are
+    written here."""
     from .context import build_context
     from .mail import write_email
-    from .render import write_reports
+    from .render import HTML_NAME, PDF_NAME, report_templates_dir, write_html
 
     ctx = build_context(report)  # one content model for the HTML, the PDF and the email
-    return [
-        *write_exports(report, folder),
-        *write_reports(report, folder, ctx=ctx),
-        *write_email(report, folder, ctx=ctx),
-    ]
+    templates_dir = report_templates_dir(report)
+    pdf = (pdf_process or PdfProcess()).write(ctx, folder / PDF_NAME, templates_dir)
+    exports = write_exports(report, folder)
+    html = write_html(ctx, folder / HTML_NAME, templates_dir)
+    return [*exports, html, pdf(), *write_email(report, folder, ctx=ctx)]
 
 
 def compute_report(

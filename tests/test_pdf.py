@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import re
 import subprocess
 import sys
@@ -14,8 +15,11 @@ import pytest
 from pypdf import PdfReader
 
 import reportgen
+import reportgen.pdf
 from reportgen.context import SECTIONS, ChartView, build_context
+from reportgen.errors import ConfigError
 from reportgen.pdf import BlockedURLError, SafeFetcher, chart_images, html_to_pdf
+from reportgen.pdf_process import PdfProcess
 from reportgen.render import write_reports
 
 DATA = Path(__file__).parent / "data" / "reports"
@@ -281,3 +285,59 @@ def test_chart_conversion_loads_no_external_data(pdf):
                        "encoding": {"x": {"field": "a", "type": "nominal"}}})  # fmt: skip
     with pytest.raises(Exception, match="(?i)not allowed"):
         chart_images(dataclasses.replace(ctx, charts=(remote,)))
+
+
+def _pdf_text(path: Path) -> str:
+    return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+
+
+def _not_here(*args, **kwargs):
+    raise AssertionError("the PDF was written in this process")
+
+
+def test_the_pdf_process_writes_the_same_pdf_as_this_process(written, tmp_path, monkeypatch,
+                                                             caplog):  # fmt: skip
+    """`reportgen run`'s second process writes what write_reports writes here (this process's
+    writer is broken by the test, which the spawned process does not see), and the URLs it
+    refused reach this process's log."""
+    report, paths = written
+    ctx = build_context(report)
+    monkeypatch.setattr(reportgen.pdf, "write_pdf_timed", _not_here)
+    with caplog.at_level(logging.INFO, logger="reportgen.pdf"), PdfProcess() as process:
+        process.start()
+        wait = process.write(ctx, tmp_path / "report.pdf", report.config.report.templates_dir)
+        path = wait()
+    assert _pdf_text(path) == _pdf_text(paths[1])
+    assert "refused to load file://" in caplog.text
+    assert f"wrote {path} (" in caplog.text
+    assert not [p for p in multiprocessing.active_children() if p.name == "reportgen-pdf"]
+
+
+def test_a_broken_user_template_in_the_pdf_process_is_a_config_error(written, tmp_path):
+    """An error the PDF's process meets is raised here: a broken user template says where."""
+    report, _ = written
+    (tmp_path / "_changes.html").write_text("<p>\n{% if %}</p>", encoding="utf-8")
+    with PdfProcess() as process:
+        process.start()
+        wait = process.write(build_context(report), tmp_path / "report.pdf", tmp_path)
+        with pytest.raises(ConfigError, match=r"report.templates_dir: .*_changes.html:2: "):
+            wait()
+
+
+def test_without_its_process_the_pdf_is_written_here(written, tmp_path, monkeypatch):
+    """A process that was not started (or could not start) leaves the PDF to this one."""
+    report, _ = written
+    calls = []
+    real = reportgen.pdf.write_pdf_timed
+    monkeypatch.setattr(reportgen.pdf, "write_pdf_timed", lambda *a: calls.append(a) or real(*a))
+    with PdfProcess() as process:
+        path = process.write(build_context(report), tmp_path / "report.pdf")()
+    assert len(calls) == 1 and path.read_bytes().startswith(b"%PDF-")
+
+
+def test_leaving_stops_a_pdf_process_that_got_no_pdf():
+    """A run that fails before its PDF (bad data, say) does not leave its process behind."""
+    with PdfProcess() as process:
+        process.start()
+    assert not [p for p in multiprocessing.active_children() if p.name == "reportgen-pdf"]
