@@ -331,6 +331,13 @@ def render_email(ctx: EmailContext, templates_dir: str | Path | None = None) -> 
 # Charts: the report's own specs, fitted to the email's width and rendered as PNG
 
 
+def email_charts(report: Report, ctx: ReportContext) -> tuple[EmailChart, ...] | None:
+    """The email's charts for `write_email` (None when the config has no email section)."""
+    if report.config.email is None:
+        return None
+    return render_charts(ctx, report, report.config.email.sender.rsplit("@", 1)[1])
+
+
 def render_charts(ctx: ReportContext, report: Report, domain: str) -> tuple[EmailChart, ...]:
     """The email's charts (segment shares, revenue and orders by month, new and returning
     customers by month) as PNG parts, each with an alt text stating its numbers."""
@@ -502,15 +509,19 @@ def _new_returning_alt(fmt: Formatter, ctx: ReportContext) -> str:
 # The .eml file
 
 
-def write_email(report: Report, folder: Path, ctx: ReportContext | None = None) -> list[Path]:
+def write_email(
+    report: Report, folder: Path, ctx: ReportContext | None = None,
+    charts: Sequence[EmailChart] | None = None,
+) -> list[Path]:  # fmt: skip
     """Write email.eml into the run folder (with report.pdf attached if it is there already);
-    nothing when the config has no email section. Call it after the report writers."""
+    nothing when the config has no email section. Call it after the report writers. `charts`:
+    `email_charts`, when rendered before (while the PDF was written)."""
     if report.config.email is None:
         return []
     started = time.perf_counter()
     pdf_path = Path(folder) / PDF_NAME
     pdf = pdf_path.read_bytes() if pdf_path.is_file() else None
-    message = build_message(report, pdf, ctx=ctx)
+    message = build_message(report, pdf, ctx=ctx, charts=charts)
     path = write_eml(message, Path(folder) / EML_NAME)
     log.info("wrote %s (%s bytes) in %.1f s", path, f"{path.stat().st_size:,}",
              time.perf_counter() - started)  # fmt: skip

@@ -112,10 +112,10 @@ def write_run_files(
     report: Report, folder: Path, pdf_process: PdfProcess | None = None
 ) -> list[Path]:
     """Every file of a run: the exports, then the reports, then the email (it attaches the PDF).
-    With `pdf_process` (started), the PDF is written there while the exports and the HTML are
-    written here."""
+    With `pdf_process` (started), the PDF is written there while the exports, the HTML and the
+    email's charts are made here."""
     from .context import build_context
-    from .mail import write_email
+    from .mail import email_charts, write_email
     from .render import HTML_NAME, PDF_NAME, report_templates_dir, write_html
 
     ctx = build_context(report)  # one content model for the HTML, the PDF and the email
@@ -123,7 +123,8 @@ def write_run_files(
     pdf = (pdf_process or PdfProcess()).write(ctx, folder / PDF_NAME, templates_dir)
     exports = write_exports(report, folder)
     html = write_html(ctx, folder / HTML_NAME, templates_dir)
-    return [*exports, html, pdf(), *write_email(report, folder, ctx=ctx)]
+    charts = email_charts(report, ctx)
+    return [*exports, html, pdf(), *write_email(report, folder, ctx=ctx, charts=charts)]
 
 
 def compute_report(
