@@ -53,14 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     compile_reportgen()
     failed = 0
     for size in args.sizes:
-        for fmt in args.formats:
+        for fmt in [] if args.end_to_end_only else args.formats:
             source = _generate(size, fmt, args.data)
             failed += _check(source)
             out = RESULTS / f"rfm_{size}_{fmt}.json"
             run_rfm_bench.main(["--data", str(args.data), "--size", size, "--format", fmt,
                                 "--repeats", str(args.repeats), "--out", str(out),
                                 "--peers", *args.peers])  # fmt: skip
-        if args.end_to_end:
+        if args.end_to_end or args.end_to_end_only:
             _end_to_end(size, _generate(size, "parquet", args.data), args.repeats)
     report = _report()
     (RESULTS / "latest.md").write_text(report, encoding="utf-8")
@@ -76,6 +76,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peers", nargs="+", default=PEERS)
     parser.add_argument("--end-to-end", action="store_true", help="also time `reportgen run`")
+    parser.add_argument(
+        "--end-to-end-only",
+        action="store_true",
+        help="time only `reportgen run` (the RFM tables keep their last results)",
+    )
     parser.add_argument("--data", type=Path, default=HERE / "data")
     return parser.parse_args(argv)
 
