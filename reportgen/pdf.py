@@ -25,7 +25,7 @@ from weasyprint.urls import URLFetcher, URLFetcherResponse
 from . import charts as ch
 from .context import ReportContext
 from .formatting import d3_format_locale, d3_time_locale
-from .pdf_process import PdfWritten, log_written
+from .pdf_process import REFUSED, PdfWritten, log_written
 from .render import PDF_TEMPLATE, Page, make_environment, render_page, vl_version
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class SafeFetcher(URLFetcher):
         if url.startswith("data:"):
             return super().fetch(url, headers)
         self.refused.append(url)
-        log.warning("PDF: refused to load %s (the report loads only its own assets)", url[:200])
+        log.warning(REFUSED, url[:200])
         raise BlockedURLError(f"blocked: {url[:200]}")
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.process
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from .context import ReportContext
 
 log = logging.getLogger("reportgen.pdf")  # its lines read as the PDF writer's
+REFUSED = "PDF: refused to load %s (the report loads only its own assets)"
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class PdfProcess:
             if status == "error":
                 raise value
             for url in value.refused:
-                log.warning("PDF: refused to load %s (the report loads only its own assets)", url)
+                log.warning(REFUSED, url)
             log_written(path, value)
             return path
 
@@ -106,11 +109,17 @@ def _serve(conn: Connection) -> None:
     """The second process: get ready, then write the one PDF it is sent."""
     # its log lines reach the run's log through the parent (`written`), not stderr from here
     logging.getLogger("reportgen").addHandler(logging.NullHandler())
+    # the job is read as it comes, during the warm-up: a pipe holds 64 KB, and the parent's send
+    # of a larger content would wait for the warm-up's end instead of writing the HTML. It is
+    # unpickled after (unpickling imports modules, which the warm-up imports too)
+    jobs: list[bytes | None] = []
+    receiver = threading.Thread(target=lambda: jobs.append(_job(conn)))
+    receiver.start()
     _warm_up()
-    try:
-        ctx, path, templates_dir = conn.recv()
-    except (EOFError, OSError):
+    receiver.join()
+    if jobs[0] is None:
         return
+    ctx, path, templates_dir = ForkingPickler.loads(jobs[0])
     from .errors import ReportgenError
     from .pdf import write_pdf_timed
 
@@ -120,6 +129,14 @@ def _serve(conn: Connection) -> None:
         conn.send(("error", exc))
     except Exception as exc:  # a bug: its traceback goes to the run's log
         conn.send(("error", RuntimeError("".join(traceback.format_exception(exc)))))
+
+
+def _job(conn: Connection) -> bytes | None:
+    """The PDF to write, pickled, or None when the run ended without asking for one."""
+    try:
+        return conn.recv_bytes()
+    except (EOFError, OSError):
+        return None
 
 
 def _write_here(ctx: ReportContext, path: Path, templates_dir: str | Path | None) -> Path:
