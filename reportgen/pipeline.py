@@ -116,15 +116,13 @@ def write_run_files(
     email's charts are made here."""
     from .context import build_context
     from .mail import email_charts, write_email
-    from .render import HTML_NAME, PDF_NAME, report_templates_dir, write_html
+    from .render import start_reports
 
     ctx = build_context(report)  # one content model for the HTML, the PDF and the email
-    templates_dir = report_templates_dir(report)
-    pdf = (pdf_process or PdfProcess()).write(ctx, folder / PDF_NAME, templates_dir)
+    reports = start_reports(report, folder, ctx, pdf_process)  # the PDF is written meanwhile
     exports = write_exports(report, folder)
-    html = write_html(ctx, folder / HTML_NAME, templates_dir)
     charts = email_charts(report, ctx)
-    return [*exports, html, pdf(), *write_email(report, folder, ctx=ctx, charts=charts)]
+    return [*exports, *reports(), *write_email(report, folder, ctx=ctx, charts=charts)]
 
 
 def compute_report(

@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
@@ -39,6 +40,7 @@ from .context import ReportContext, build_context
 from .errors import ConfigError
 from .formatting import Formatter, d3_format_locale, d3_time_locale, register_filters
 from .model import Report
+from .pdf_process import PdfProcess
 
 log = logging.getLogger(__name__)
 
@@ -222,13 +224,19 @@ def write_reports(
     report: Report, folder: Path, segmentation: Any | None = None, ctx: ReportContext | None = None
 ) -> list[Path]:
     """Write report.html and report.pdf into `folder` from one context; return their paths."""
-    from .pdf import write_pdf
-
     if ctx is None:
         started = time.perf_counter()
         ctx = build_context(report, segmentation)
         log.info("report content and charts built in %.1f s", time.perf_counter() - started)
+    return start_reports(report, folder, ctx)()
+
+
+def start_reports(
+    report: Report, folder: Path, ctx: ReportContext, pdf_process: PdfProcess | None = None
+) -> Callable[[], list[Path]]:
+    """Hand report.pdf to `pdf_process` (when started; else it is written at the wait), write
+    report.html; the function returned waits for the PDF and gives both paths."""
     templates_dir = report_templates_dir(report)
+    pdf = (pdf_process or PdfProcess()).write(ctx, Path(folder) / PDF_NAME, templates_dir)
     html = write_html(ctx, Path(folder) / HTML_NAME, templates_dir)
-    pdf = write_pdf(ctx, Path(folder) / PDF_NAME, templates_dir)
-    return [html, pdf]
+    return lambda: [html, pdf()]
