@@ -154,7 +154,7 @@ def build_message(
 
     email = email_settings(report.config)
     ctx = ctx if ctx is not None else build_context(report)
-    domain = email.sender.rsplit("@", 1)[1]
+    domain = _sender_domain(email)
     charts = tuple(charts) if charts is not None else render_charts(ctx, report, domain)
     pdf_note = _pdf_note(report, pdf, email.max_attachment_mb)
     ectx = build_email_context(report, ctx, charts, pdf_note)
@@ -335,7 +335,12 @@ def email_charts(report: Report, ctx: ReportContext) -> tuple[EmailChart, ...] |
     """The email's charts for `write_email` (None when the config has no email section)."""
     if report.config.email is None:
         return None
-    return render_charts(ctx, report, report.config.email.sender.rsplit("@", 1)[1])
+    return render_charts(ctx, report, _sender_domain(report.config.email))
+
+
+def _sender_domain(email: EmailSection) -> str:
+    """The sender's domain: it names the charts' Content-IDs and the Message-ID."""
+    return email.sender.rsplit("@", 1)[1]
 
 
 def render_charts(ctx: ReportContext, report: Report, domain: str) -> tuple[EmailChart, ...]:
@@ -689,7 +694,7 @@ def prepare_message(
     message["Date"] = format_datetime(now or dt.datetime.now(dt.UTC).replace(microsecond=0))
     if resend or message["Message-ID"] is None:
         del message["Message-ID"]
-        message["Message-ID"] = make_msgid("reportgen", email.sender.rsplit("@", 1)[1])
+        message["Message-ID"] = make_msgid("reportgen", _sender_domain(email))
     return message
 
 
